@@ -1,0 +1,101 @@
+"""`mnist-flax`: a thin launcher over the library.
+
+    mnist-flax train [--config FILE] [--config.FIELD=VALUE ...]
+    mnist-flax eval --workdir DIR
+
+Every expected failure (bad config, data, checkpoint, image) is one line on stderr and a
+non-zero exit code, never a traceback. Heavy imports (JAX, TFDS) happen inside the commands, so
+`mnist-flax --help` and light commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _quiet_logs():
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  logging.getLogger('absl').setLevel(logging.WARNING)
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  try:
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  except ImportError:
+    pass
+
+
+def _load_config(args, overrides):
+  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  path = args.config or config_lib.DEFAULT_CONFIG_FILE
+  config = config_lib.load_config_file(path, validate=False)
+  config = config_lib.apply_overrides(config, overrides)
+  config_lib.validate_config(config)
+  return config
+
+
+def cmd_train(args, overrides):
+  config = _load_config(args, overrides)
+  from mnist_flax import config as config_lib, train  # pylint: disable=import-outside-toplevel
+  train.train_and_evaluate(config)
+  from mnist_flax import report  # pylint: disable=import-outside-toplevel
+  workdir = config_lib.resolve_workdir(config)
+  summary = report.read_summary(workdir)
+  print(f'test accuracy {summary["test_accuracy"]:.4f}  test loss {summary["test_loss"]:.4f}  '
+        f'({summary["epochs"]} epochs, {summary["train_seconds"]:.1f}s training)  run directory: '
+        f'{workdir}')
+  return 0
+
+
+def cmd_eval(args, overrides):
+  from mnist_flax import train  # pylint: disable=import-outside-toplevel
+  metrics = train.evaluate(args.workdir)
+  print(f'test accuracy {metrics["accuracy"]:.4f}  test loss {metrics["loss"]:.4f}  '
+        f'({metrics["correct"]}/{metrics["count"]} correct)  workdir: {args.workdir}')
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='mnist-flax', description=__doc__.split('\n\n')[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+
+  p = sub.add_parser('train', help='train a config and evaluate it on the test set',
+                     epilog='Override any config field with --config.FIELD=VALUE, '
+                            'e.g. --config.num_epochs=2 --config.learning_rate=0.001')
+  p.add_argument('--config', help='config file with get_config() (default: experiments/configs/default.py)')
+  p.set_defaults(func=cmd_train, accepts_overrides=True)
+
+  p = sub.add_parser('eval', help="restore a run directory's latest checkpoint and evaluate it")
+  p.add_argument('--workdir', required=True, help='run directory written by `mnist-flax train`')
+  p.set_defaults(func=cmd_eval)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = build_parser()
+  args, rest = parser.parse_known_args(argv)
+  overrides = [a for a in rest if a.startswith('--config.')]
+  unknown = [a for a in rest if not a.startswith('--config.')]
+  if unknown or (overrides and not getattr(args, 'accepts_overrides', False)):
+    parser.error(f'unrecognized arguments: {" ".join(unknown or overrides)}')
+  _quiet_logs()
+
+  from mnist_flax.errors import USER_ERRORS  # pylint: disable=import-outside-toplevel
+  try:
+    return args.func(args, overrides)
+  except USER_ERRORS as e:
+    print(f'mnist-flax {args.command}: error: {e}', file=sys.stderr)
+    return EXIT_USAGE if type(e).__name__ == 'ConfigError' else EXIT_FAILURE
+  except KeyboardInterrupt:
+    print(f'mnist-flax {args.command}: interrupted', file=sys.stderr)
+    return 130
+
+
+if __name__ == '__main__':
+  sys.exit(main())

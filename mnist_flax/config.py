@@ -1,0 +1,206 @@
+"""Configs: load a `get_config()` file, apply `--config.field=value` overrides, validate.
+
+Every config is an `ml_collections.ConfigDict` built by a file in `experiments/configs/`. The
+default config (`experiments/configs/default.py`, mirrored by `default_config()` here so the
+library works without the repository checkout) is the schema: a config may not carry a field the
+default does not know, and each field keeps the default's type. Validation happens before any
+JAX computation, and every problem is one `ConfigError` naming the field, the value and what
+would be valid.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import pathlib
+from typing import Any, Iterable
+
+import ml_collections
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / 'experiments' / 'configs' / 'default.py'
+
+
+from mnist_flax.errors import ConfigError  # noqa: F401  (re-exported)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The default config (the schema that every other config must fit)."""
+  return load_config_file(DEFAULT_CONFIG_FILE, validate=False)
+
+
+def load_config_file(path: str | os.PathLike, validate: bool = True) -> ml_collections.ConfigDict:
+  """Imports `path` and returns its `get_config()`."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f'config file {str(path)!r} does not exist; pass a Python file with a '
+                      f'get_config() function, e.g. {DEFAULT_CONFIG_FILE}')
+  spec = importlib.util.spec_from_file_location(f'mnist_flax_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # the user's file: report, do not crash with a traceback
+    raise ConfigError(f'config file {str(path)!r} failed to import: {type(e).__name__}: {e}') from e
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'config file {str(path)!r} has no get_config() function')
+  try:
+    config = module.get_config()
+  except Exception as e:  # e.g. ConfigDict's type safety: c.batch_size = 'big'
+    raise ConfigError(f'{path}: get_config() failed: {type(e).__name__}: {e}') from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict, '
+                      f'got {type(config).__name__}')
+  if validate:
+    validate_config(config)
+  return config
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+  """Parses an override string into the type of the field it replaces."""
+  if isinstance(current, bool):
+    low = text.strip().lower()
+    if low in ('true', '1', 'yes'):
+      return True
+    if low in ('false', '0', 'no'):
+      return False
+    raise ConfigError(f'config.{key}={text!r}: expected a bool (true/false)')
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise ConfigError(f'config.{key}={text!r}: expected an int') from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ConfigError(f'config.{key}={text!r}: expected a float') from None
+  if isinstance(current, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text
+    raise ConfigError(f'config.{key}={text!r}: expected a {type(current).__name__} literal') from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
+  """Applies overrides like `num_epochs=2` or `--config.model_kwargs.features=16`.
+
+  Returns a copy; the input config is not changed.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())  # deep copy, unlocked
+  for item in overrides:
+    text = item[2:] if item.startswith('--') else item
+    text = text[len('config.'):] if text.startswith('config.') else text
+    if '=' not in text:
+      raise ConfigError(f'override {item!r}: expected --config.FIELD=VALUE')
+    key, value = text.split('=', 1)
+    parts = key.split('.')
+    node = config
+    for i, part in enumerate(parts[:-1]):
+      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+        raise ConfigError(f'override {item!r}: config has no section {".".join(parts[:i + 1])!r}')
+      node = node[part]
+    leaf = parts[-1]
+    if leaf not in node:
+      # Free-form sections (model_kwargs) accept new keys; elsewhere an unknown key is an error.
+      if parts[0] != 'model_kwargs':
+        raise ConfigError(f'override {item!r}: unknown field config.{key}; known fields: '
+                          f'{", ".join(sorted(node.keys()))}')
+      node[leaf] = _parse_value(value, None, key)
+      continue
+    node[leaf] = _parse_value(value, node[leaf], key)
+  return config
+
+
+def _check_against_schema(config, schema, prefix=''):
+  for key in config.keys():
+    name = f'{prefix}{key}'
+    if key not in schema:
+      raise ConfigError(f'unknown field config.{name}; known fields: {", ".join(sorted(schema.keys()))}')
+    value, expected = config[key], schema[key]
+    if name == 'model_kwargs':
+      continue
+    if isinstance(expected, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f'config.{name} must be a section (ConfigDict), got {value!r}')
+      _check_against_schema(value, expected, prefix=f'{name}.')
+      continue
+    if expected is None or value is None:
+      continue
+    ok = isinstance(value, type(expected))
+    if isinstance(expected, float) and isinstance(value, int) and not isinstance(value, bool):
+      ok = True
+    if isinstance(expected, int) and not isinstance(expected, bool) and isinstance(value, bool):
+      ok = False
+    if not ok:
+      raise ConfigError(f'config.{name}={value!r} has type {type(value).__name__}; '
+                        f'expected {type(expected).__name__}')
+
+
+def _require(cond: bool, field: str, value: Any, valid: str):
+  if not cond:
+    raise ConfigError(f'config.{field}={value!r} is invalid: {valid}')
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError for the first problem found; returns None when the config is valid.
+
+  `num_devices`, when given, checks that the batch splits evenly over the devices.
+  """
+  # Registries are imported lazily: they pull in JAX, which the CLI may need to configure first.
+  from mnist_flax import models, train  # pylint: disable=import-outside-toplevel
+
+  schema = default_config()
+  _check_against_schema(config, schema)
+  get = lambda k: config.get(k, schema.get(k))  # noqa: E731
+  _require(get('model') in models.MODELS, 'model', get('model'),
+           f'one of {sorted(models.MODELS)}')
+  _require(get('optimizer') in train.OPTIMIZERS, 'optimizer', get('optimizer'),
+           f'one of {sorted(train.OPTIMIZERS)}')
+  _require(get('schedule') in train.SCHEDULES, 'schedule', get('schedule'),
+           f'one of {sorted(train.SCHEDULES)}')
+  _require(get('dtype') in ('float32', 'bfloat16', 'float16'), 'dtype', get('dtype'),
+           "'float32', 'bfloat16' or 'float16'")
+  _require(get('learning_rate') > 0, 'learning_rate', get('learning_rate'), 'must be > 0')
+  _require(0 <= get('momentum') < 1, 'momentum', get('momentum'), 'must be in [0, 1)')
+  _require(get('weight_decay') >= 0, 'weight_decay', get('weight_decay'), 'must be >= 0')
+  _require(get('warmup_epochs') >= 0, 'warmup_epochs', get('warmup_epochs'), 'must be >= 0')
+  _require(0 <= get('label_smoothing') < 1, 'label_smoothing', get('label_smoothing'),
+           'must be in [0, 1)')
+  _require(get('batch_size') >= 1, 'batch_size', get('batch_size'), 'must be >= 1')
+  _require(get('eval_batch_size') >= 1, 'eval_batch_size', get('eval_batch_size'), 'must be >= 1')
+  _require(get('num_epochs') >= 1, 'num_epochs', get('num_epochs'), 'must be >= 1')
+  _require(get('data_source') in ('auto', 'tfds', 'idx'), 'data_source', get('data_source'),
+           "'auto', 'tfds' or 'idx'")
+  _require(0 <= get('validation_size') < 60000, 'validation_size', get('validation_size'),
+           'must be in [0, 60000)')
+  _require(get('train_limit') >= 0, 'train_limit', get('train_limit'), 'must be >= 0 (0 = all)')
+  _require(get('keep_checkpoints') >= 1, 'keep_checkpoints', get('keep_checkpoints'), 'must be >= 1')
+  _require(get('checkpoint_every_steps') >= 0, 'checkpoint_every_steps',
+           get('checkpoint_every_steps'), 'must be >= 0 (0 = once per epoch)')
+  _require(get('checkpoint_every_seconds') >= 0, 'checkpoint_every_seconds',
+           get('checkpoint_every_seconds'), 'must be >= 0 (0 = off)')
+  _require(get('cpu_devices') >= -1, 'cpu_devices', get('cpu_devices'),
+           '-1 (one per core), 0 (leave JAX alone) or a device count')
+  if num_devices is not None:
+    _require(get('batch_size') % num_devices == 0, 'batch_size', get('batch_size'),
+             f'must be divisible by the number of devices ({num_devices})')
+  n_train = (get('train_limit') or 60000)
+  _require(n_train - get('validation_size') >= get('batch_size'), 'batch_size', get('batch_size'),
+           f'must be at most the number of training images ({n_train - get("validation_size")})')
+  try:
+    models.get_model(config)
+  except TypeError as e:
+    kwargs = dict(config.get('model_kwargs') or {})
+    raise ConfigError(f'config.model_kwargs={kwargs} does not fit model '
+                      f'{get("model")!r}: {e}') from None
+
+
+def resolve_workdir(config: ml_collections.ConfigDict) -> pathlib.Path:
+  """The run directory: `config.workdir`, or `checkpoints/<config.name>` under the CWD."""
+  if config.get('workdir'):
+    return pathlib.Path(config.workdir).expanduser().resolve()
+  return (pathlib.Path.cwd() / 'checkpoints' / config.get('name', 'default')).resolve()

@@ -1,0 +1,32 @@
+"""The library's user-facing errors: each one message that names the problem and what is valid.
+
+The CLI prints these as one line and exits non-zero; anything else is a bug and keeps its
+traceback.
+"""
+
+
+class MnistFlaxError(Exception):
+  """Base class of every expected, user-caused failure."""
+
+
+class ConfigError(MnistFlaxError, ValueError):
+  """A config field has a missing, unknown, wrongly typed or impossible value."""
+
+
+class DataError(MnistFlaxError, RuntimeError):
+  """The dataset cannot be found or a data file is malformed."""
+
+
+class CheckpointError(MnistFlaxError, RuntimeError):
+  """A run directory holds no usable checkpoint, or one of another model/config."""
+
+
+class NonFiniteLossError(MnistFlaxError, FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+class ImageError(MnistFlaxError, ValueError):
+  """An input image is missing, unreadable, blank or too large."""
+
+
+USER_ERRORS = (MnistFlaxError, OSError)

@@ -1,0 +1,400 @@
+"""Training: TrainState, jitted train/eval steps, and `train_and_evaluate(config)`.
+
+The data flow, and why:
+
+* The whole of MNIST (55 MB as uint8) is put on the device(s) once. Each epoch's order is a
+  permutation derived from (seed, epoch) on the device; `train_step` gathers its batch there by
+  index, so the host only dispatches steps and never copies images. A resumed run recomputes the
+  same permutation from the step counter, so it sees exactly the same batches.
+* `train_step` is jitted once, donating the state and the metric accumulators; metrics stay on
+  the device until the end of the epoch (the only host sync in the loop).
+* One `Mesh` with a `data` axis over all devices: the gathered batch is constrained to be
+  sharded along `data`, parameters are replicated, XLA inserts the gradient all-reduce.
+* Evaluation is exact: sums of loss and correct predictions over all 10,000 test images
+  (the padded tail is masked out), divided once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from mnist_flax import checkpoints, config as config_lib, data, models, report, sharding
+from mnist_flax.errors import NonFiniteLossError
+from mnist_flax.predict import predict_logits, to_float
+
+# ---------------------------------------------------------------------------- optimizers
+
+
+def _sgd(config, lr):
+  return optax.sgd(lr)
+
+
+def _momentum(config, lr):
+  return optax.sgd(lr, momentum=config.momentum)
+
+
+def _nesterov(config, lr):
+  return optax.sgd(lr, momentum=config.momentum, nesterov=True)
+
+
+def _adam(config, lr):
+  return optax.adam(lr)
+
+
+def _adamw(config, lr):
+  return optax.adamw(lr, weight_decay=config.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[Any, Any], optax.GradientTransformation]] = {
+    'sgd': _sgd, 'momentum': _momentum, 'nesterov': _nesterov, 'adam': _adam, 'adamw': _adamw,
+}
+
+
+def _constant(config, total_steps, steps_per_epoch):
+  return optax.constant_schedule(config.learning_rate)
+
+
+def _cosine(config, total_steps, steps_per_epoch):
+  return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+
+
+def _warmup_cosine(config, total_steps, steps_per_epoch):
+  warmup = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1), total_steps)
+
+
+def _onecycle(config, total_steps, steps_per_epoch):
+  return optax.cosine_onecycle_schedule(total_steps, config.learning_rate)
+
+
+SCHEDULES = {'constant': _constant, 'cosine': _cosine, 'warmup_cosine': _warmup_cosine,
+             'onecycle': _onecycle}
+
+
+def make_optimizer(config, steps_per_epoch: int):
+  """The optax transformation and its learning-rate schedule, from config names."""
+  total_steps = config.num_epochs * steps_per_epoch
+  schedule = SCHEDULES[config.schedule](config, total_steps, steps_per_epoch)
+  tx = OPTIMIZERS[config.optimizer](config, schedule)
+  if config.optimizer not in ('adamw',) and config.weight_decay > 0:
+    tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+  return tx, schedule
+
+
+# ---------------------------------------------------------------------------- state and steps
+
+
+class TrainState(train_state.TrainState):
+  """Optax TrainState plus the model's batch statistics (empty dict when it has none)."""
+  batch_stats: Any = flax.core.FrozenDict()
+
+  def variables(self) -> dict:
+    """The variables for inference."""
+    if self.batch_stats:
+      return {'params': self.params, 'batch_stats': self.batch_stats}
+    return {'params': self.params}
+
+
+def create_train_state(config, model, rng, steps_per_epoch: int) -> TrainState:
+  variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros((1,) + data.IMAGE_SHAPE),
+                         train=False)
+  tx, _ = make_optimizer(config, steps_per_epoch)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables.get('batch_stats', flax.core.FrozenDict()))
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, data.NUM_CLASSES), label_smoothing) \
+      if label_smoothing else jax.nn.one_hot(labels, data.NUM_CLASSES)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def zero_metrics() -> dict:
+  """On-device accumulators: summed loss, correct predictions and example count."""
+  return {'loss': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.int32),
+          'count': jnp.zeros((), jnp.int32)}
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
+  """The order of training examples in `epoch`; a pure function of (seed, epoch)."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+  return jax.random.permutation(key, num_examples)
+
+
+def train_step(state: TrainState, metrics: dict, images, labels, perm, index, *,
+               model, config, batch_sharding):
+  """One optimizer step on batch `index` of `perm`; returns (state, metrics)."""
+  bs = config.batch_size
+  idx = jax.lax.dynamic_slice_in_dim(perm, index * bs, bs)
+  x = to_float(images[idx])
+  y = labels[idx]
+  x, y = (jax.lax.with_sharding_constraint(v, batch_sharding) for v in (x, y))
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), state.step)
+
+  def loss_fn(params):
+    variables = {'params': params}
+    mutable = []
+    if state.batch_stats:
+      variables['batch_stats'] = state.batch_stats
+      mutable = ['batch_stats']
+    logits, updates = model.apply(variables, x, train=True, mutable=mutable,
+                                  rngs={'dropout': rng})
+    loss = cross_entropy(logits, y, config.label_smoothing)
+    return loss.mean(), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  if state.batch_stats:
+    new_state = new_state.replace(batch_stats=updates['batch_stats'])
+  correct = jnp.sum(jnp.argmax(logits, -1) == y)
+  metrics = {'loss': metrics['loss'] + loss * bs, 'correct': metrics['correct'] + correct,
+             'count': metrics['count'] + bs}
+  return new_state, metrics
+
+
+def eval_step(variables, images, labels, mask, *, model):
+  """Summed loss and correct predictions over the unmasked examples of one batch."""
+  logits = predict_logits(model, variables, images)
+  loss = cross_entropy(logits, labels)
+  correct = (jnp.argmax(logits, -1) == labels) & mask
+  return {'loss': jnp.sum(jnp.where(mask, loss, 0.0)), 'correct': jnp.sum(correct),
+          'count': jnp.sum(mask.astype(jnp.int32))}
+
+
+class Evaluator:
+  """Exact evaluation of a split: padded to whole batches on the device, tail masked."""
+
+  def __init__(self, split: data.Split, model, mesh, batch_size: int):
+    n = len(split)
+    num_devices = mesh.devices.size
+    batch_size = max(num_devices, batch_size - batch_size % num_devices)
+    padded = math.ceil(n / batch_size) * batch_size
+    pad = padded - n
+    images = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:], np.uint8)])
+    labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
+    mask = np.arange(padded) < n
+    shape = (padded // batch_size, batch_size)
+    batched = sharding.jax.sharding.NamedSharding(
+        mesh, sharding.P(None, sharding.DATA_AXIS))
+    put = lambda x: jax.device_put(x.reshape(shape + x.shape[1:]), batched)  # noqa: E731
+    self.images, self.labels, self.mask = put(images), put(labels), put(mask)
+    self.num_examples = n
+
+    @jax.jit
+    def evaluate(variables, images, labels, mask):
+      def body(totals, batch):
+        out = eval_step(variables, *batch, model=model)
+        return jax.tree.map(jnp.add, totals, out), None
+      totals, _ = jax.lax.scan(body, zero_metrics(), (images, labels, mask))
+      return totals
+    self._evaluate = evaluate
+
+  def __call__(self, variables) -> dict:
+    totals = jax.device_get(self._evaluate(variables, self.images, self.labels, self.mask))
+    count = int(totals['count'])
+    assert count == self.num_examples, (count, self.num_examples)
+    return {'loss': float(totals['loss']) / count, 'accuracy': int(totals['correct']) / count,
+            'correct': int(totals['correct']), 'count': count}
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+
+
+def _progress(total: int, desc: str, enabled: bool):
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+              disable=not (enabled and sys.stderr.isatty()))
+
+
+def _config_fingerprint(config) -> dict:
+  """Fields that must match for a run directory to be resumed with a config."""
+  keys = ('model', 'model_kwargs', 'optimizer', 'batch_size', 'seed', 'dtype', 'train_limit',
+          'validation_size', 'num_epochs', 'learning_rate', 'schedule')
+  plain = json.loads(config.to_json())
+  return {k: plain.get(k) for k in keys}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None) -> TrainState:
+  """Trains `config`, evaluates on the test set every epoch, checkpoints into the run directory.
+
+  Rerunning on a run directory that holds a checkpoint of the same config resumes from it.
+  Returns the final TrainState.
+  """
+  if workdir is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.workdir = str(workdir)
+  config_lib.validate_config(config)
+  sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
+  mesh = sharding.make_mesh()
+  config_lib.validate_config(config, num_devices=mesh.devices.size)
+  workdir = config_lib.resolve_workdir(config)
+  main = sharding.is_main_process()
+  logging.info('devices: %s', sharding.describe_devices())
+
+  datasets = data.load_datasets(config)
+  n_train = len(datasets.train)
+  steps_per_epoch = n_train // config.batch_size  # the remainder of each permutation is dropped
+  total_steps = steps_per_epoch * config.num_epochs
+
+  model = models.get_model(config)
+  replicated = sharding.replicated(mesh)
+  init = jax.jit(functools.partial(create_train_state, config, model,
+                                   steps_per_epoch=steps_per_epoch), out_shardings=replicated)
+  state = init(jax.random.PRNGKey(config.seed))
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  resolved = json.loads(config.to_json())
+  resolved['workdir'] = str(workdir)
+  config_path = workdir / 'config.json'
+  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.keep_checkpoints)
+  history: list[dict] = []
+  metrics_acc = jax.device_put(zero_metrics(), replicated)
+  if ckpt.latest_step() is not None:
+    saved = checkpoints.read_run_config(workdir)
+    if _config_fingerprint(saved) != _config_fingerprint(ml_collections.ConfigDict(resolved)):
+      raise checkpoints.CheckpointError(
+          f'{workdir} holds a run of a different config ({json.dumps(_config_fingerprint(saved))}); '
+          'use another --config.workdir, or delete that directory to start fresh')
+    target = checkpoints.abstract_like({'state': state, 'metrics': metrics_acc}, replicated)
+    restored, meta = ckpt.restore(target)
+    state, metrics_acc = restored['state'], restored['metrics']
+    history = [r for r in report.read_metrics(workdir) if r['epoch'] <= meta['epoch']]
+    logging.info('resumed from step %d (epoch %d) in %s', int(state.step), meta['epoch'], workdir)
+  if main:
+    report.write_json(config_path, resolved)
+
+  put = functools.partial(sharding.put_replicated, mesh=mesh)
+  train_images, train_labels = put(datasets.train.images), put(datasets.train.labels)
+  test_eval = Evaluator(datasets.test, model, mesh, config.eval_batch_size)
+  val_eval = (Evaluator(datasets.validation, model, mesh, config.eval_batch_size)
+              if datasets.validation is not None else None)
+
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, config=config,
+                        batch_sharding=sharding.data_sharded(mesh)),
+      donate_argnums=(0, 1))
+  permutation = jax.jit(functools.partial(epoch_permutation, config.seed, num_examples=n_train),
+                        out_shardings=replicated)
+
+  writer = report.ScalarWriter(workdir / report.TENSORBOARD_DIR if main else None)
+  if main and not history:
+    writer.images('train/samples', 0, datasets.train.images[:64])
+  _, schedule = make_optimizer(config, steps_per_epoch)
+  step = int(state.step)
+  sync_every = config.get('sync_every_steps', 8)
+  train_seconds = sum(r['seconds'] for r in history)
+  start_epoch = step // steps_per_epoch
+  for epoch in range(start_epoch, config.num_epochs):
+    t0 = time.perf_counter()
+    perm = permutation(epoch)
+    first = step - epoch * steps_per_epoch
+    with _progress(steps_per_epoch, f'epoch {epoch + 1}/{config.num_epochs}',
+                   config.progress_bar and main) as bar:
+      bar.update(first)
+      for index in range(first, steps_per_epoch):
+        state, metrics_acc = step_fn(state, metrics_acc, train_images, train_labels, perm, index)
+        step += 1
+        if sync_every and step % sync_every == 0:
+          # Bounded dispatch queue. With several XLA CPU devices sharing one thread pool, too many
+          # queued steps can starve an all-reduce of threads and deadlock; also keeps memory flat.
+          jax.block_until_ready(metrics_acc)
+        bar.update(1)
+    train = jax.device_get(metrics_acc)  # host sync: once per epoch
+    seconds = time.perf_counter() - t0
+    train_loss = float(train['loss']) / max(int(train['count']), 1)
+    if not math.isfinite(train_loss):
+      raise NonFiniteLossError(
+          f'training loss became {train_loss} in epoch {epoch + 1} (by step {step}); the learning '
+          f'rate ({config.learning_rate}) is probably too high. No checkpoint was written for it.')
+    test = test_eval(state.variables())
+    record = {'epoch': epoch + 1, 'step': step, 'train_loss': train_loss,
+              'train_accuracy': int(train['correct']) / max(int(train['count']), 1),
+              'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
+              'learning_rate': float(schedule(step - 1)), 'seconds': seconds}
+    if val_eval is not None:
+      val = val_eval(state.variables())
+      record.update(validation_loss=val['loss'], validation_accuracy=val['accuracy'])
+    history.append(record)
+    train_seconds += seconds
+    metrics_acc = jax.device_put(zero_metrics(), replicated)
+    ckpt.save(step, {'state': state, 'metrics': metrics_acc},
+              {'epoch': epoch + 1, 'step': step})
+    if main:
+      report.write_metrics(workdir, history)
+      writer.scalars(step, {f'{k}': v for k, v in record.items() if k not in ('epoch', 'step')})
+      print(f'epoch {epoch + 1:3d}/{config.num_epochs}  train_loss {train_loss:.4f}  '
+            f'train_acc {record["train_accuracy"]:.4f}  test_loss {test["loss"]:.4f}  '
+            f'test_acc {test["accuracy"]:.4f}  ({seconds:.1f}s)', flush=True)
+
+  if not history:  # resumed a finished run: nothing left to train
+    history = report.read_metrics(workdir)
+  final = test_eval(state.variables())
+  if main:
+    summary = {
+        'test_accuracy': final['accuracy'], 'test_loss': final['loss'],
+        'test_correct': final['correct'], 'epochs': config.num_epochs, 'steps': step,
+        'train_seconds': train_seconds, 'devices': sharding.describe_devices(),
+        'num_devices': mesh.devices.size, 'jax_version': jax.__version__,
+        'model': config.model, 'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+        'data_source': datasets.source,
+    }
+    report.write_json(workdir / report.SUMMARY_FILE, summary)
+    report.plot_curves(history, workdir / report.CURVES_FILE,
+                       title=f'{config.get("name", "")} ({config.model})')
+  writer.close()
+  ckpt.close()
+  return state
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def restore_state(workdir: str | pathlib.Path, step: int | None = None):
+  """Rebuilds (config, model, state) of a run directory on the current machine's devices."""
+  workdir = pathlib.Path(workdir)
+  config = checkpoints.read_run_config(workdir)
+  mesh = sharding.make_mesh()
+  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.get('keep_checkpoints', 2))
+  try:
+    if ckpt.latest_step() is None:
+      raise checkpoints.CheckpointError(
+          f'{workdir / checkpoints.CHECKPOINT_DIR} holds no checkpoint; train first '
+          f'(mnist-flax train --config.workdir={workdir})')
+    model = models.get_model(config)
+    n_train = (config.get('train_limit') or data.NUM_TRAIN) - config.get('validation_size', 0)
+    steps_per_epoch = n_train // config.batch_size
+    abstract = jax.eval_shape(functools.partial(
+        create_train_state, config, model, steps_per_epoch=steps_per_epoch),
+        jax.random.PRNGKey(0))
+    target = checkpoints.abstract_like(
+        {'state': abstract, 'metrics': jax.eval_shape(zero_metrics)}, sharding.replicated(mesh))
+    restored, _ = ckpt.restore(target, step)
+  finally:
+    ckpt.close()
+  return config, model, restored['state'], mesh
+
+
+def evaluate(workdir: str | pathlib.Path, config_overrides: ml_collections.ConfigDict | None = None) -> dict:
+  """Restores a run directory's latest checkpoint and returns its exact test metrics."""
+  config, model, state, mesh = restore_state(workdir)
+  if config_overrides:
+    config.update(config_overrides)
+  datasets = data.load_datasets(config)
+  return Evaluator(datasets.test, model, mesh, config.get('eval_batch_size', 1000))(state.variables())

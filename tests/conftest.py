@@ -1,0 +1,73 @@
+"""Shared fixtures: the real MNIST IDX files, a session-wide TFDS dir, and a tiny config.
+
+Tests read MNIST from `$MNIST_IDX_DIR` (CI sets it), else from `../shared/mnist` beside the
+checkout. Nothing downloads. The TFDS data prepared from the IDX files (about 15 s once) lives in
+a session-wide temporary folder shared by all tests.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+# Two CPU devices for every test process (set before JAX starts): the sharded code path is the
+# one that runs, and results do not depend on which test happened to start JAX first.
+os.environ.setdefault('JAX_NUM_CPU_DEVICES', '2')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _find_idx_dir():
+  for candidate in (os.environ.get('MNIST_IDX_DIR'), REPO.parent / 'shared' / 'mnist'):
+    if candidate and (pathlib.Path(candidate) / 'train-images-idx3-ubyte.gz').exists():
+      return pathlib.Path(candidate)
+  return None
+
+
+IDX_DIR = _find_idx_dir()
+
+
+@pytest.fixture(scope='session')
+def idx_dir():
+  if IDX_DIR is None:
+    pytest.fail('MNIST IDX files not found: set MNIST_IDX_DIR to the folder holding them')
+  return IDX_DIR
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='session')
+def real_data_env(idx_dir, tfds_dir):
+  """Environment for subprocesses that should read the real data through the session cache."""
+  env = dict(os.environ, MNIST_IDX_DIR=str(idx_dir), TFDS_DATA_DIR=str(tfds_dir),
+             JAX_NUM_CPU_DEVICES='2', TF_CPP_MIN_LOG_LEVEL='3')
+  return env
+
+
+def tiny_overrides(idx_dir, tfds_dir, workdir):
+  """A config small enough to train in seconds: a narrow CNN on 2,048 images."""
+  return [
+      f'idx_dir={idx_dir}', f'tfds_data_dir={tfds_dir}', f'workdir={workdir}',
+      'model_kwargs.features=(8, 16)', 'model_kwargs.hidden=32', 'train_limit=2048',
+      'batch_size=128', 'num_epochs=2', 'progress_bar=false', 'learning_rate=0.01',
+      'data_source=idx', 'name=tiny',
+  ]
+
+
+@pytest.fixture
+def tiny_config(idx_dir, tfds_dir, tmp_path):
+  from mnist_flax import config as config_lib
+  return config_lib.apply_overrides(config_lib.default_config(),
+                                    tiny_overrides(idx_dir, tfds_dir, tmp_path / 'run'))
+
+
+def run_cli(args, env=None, timeout=600, cwd=None):
+  """Runs `mnist-flax ARGS` in a subprocess; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, '-m', 'mnist_flax.cli', *args], capture_output=True,
+                        text=True, env=env, timeout=timeout, cwd=cwd or REPO)

@@ -1,0 +1,76 @@
+import pytest
+
+from mnist_flax import config as config_lib
+from mnist_flax.errors import ConfigError
+
+
+@pytest.fixture
+def default():
+  return config_lib.default_config()
+
+
+def test_default_config_has_the_fields_other_tools_rely_on(default):
+  for field in ('model', 'optimizer', 'learning_rate', 'batch_size', 'num_epochs', 'seed', 'workdir'):
+    assert field in default
+  config_lib.validate_config(default)
+
+
+def test_overrides_are_typed_and_do_not_mutate_the_input(default):
+  config = config_lib.apply_overrides(default, [
+      '--config.num_epochs=2', 'learning_rate=0.5', 'progress_bar=false', 'model=cnn',
+      'model_kwargs.features=(4, 8)'])
+  assert config.num_epochs == 2 and isinstance(config.num_epochs, int)
+  assert config.learning_rate == 0.5 and config.progress_bar is False
+  assert tuple(config.model_kwargs.features) == (4, 8)
+  assert default.num_epochs != 2
+
+
+@pytest.mark.parametrize('override, message', [
+    ('num_epochs=abc', 'config.num_epochs.*expected an int'),
+    ('nope=1', 'unknown field config.nope'),
+    ('progress_bar=maybe', 'expected a bool'),
+    ('num_epochs', 'expected --config.FIELD=VALUE'),
+])
+def test_bad_overrides_name_the_field(default, override, message):
+  with pytest.raises(ConfigError, match=message):
+    config_lib.apply_overrides(default, [override])
+
+
+@pytest.mark.parametrize('override, message', [
+    ('learning_rate=-1', 'learning_rate.*must be > 0'),
+    ('batch_size=0', 'batch_size.*must be >= 1'),
+    ('num_epochs=0', 'num_epochs.*must be >= 1'),
+    ('model=resnet9000', "model='resnet9000'.*one of"),
+    ('optimizer=sgdx', 'optimizer.*one of'),
+    ('schedule=linear', 'schedule.*one of'),
+    ('dtype=float64', 'dtype'),
+    ('model_kwargs.width=3', 'model_kwargs.*does not fit'),
+])
+def test_impossible_values_are_refused(default, override, message):
+  config = config_lib.apply_overrides(default, [override])
+  with pytest.raises(ConfigError, match=message):
+    config_lib.validate_config(config)
+
+
+def test_batch_must_split_over_devices(default):
+  config = config_lib.apply_overrides(default, ['batch_size=127'])
+  with pytest.raises(ConfigError, match='divisible by the number of devices'):
+    config_lib.validate_config(config, num_devices=2)
+
+
+def test_unknown_field_and_wrong_type_in_a_config_file(tmp_path, default):
+  bad = tmp_path / 'bad.py'
+  bad.write_text('from mnist_flax.config import default_config\n'
+                 'def get_config():\n  c = default_config()\n  c.batch_size = "big"\n  return c\n')
+  with pytest.raises(ConfigError, match='batch_size.*big'):
+    config_lib.load_config_file(bad)
+  bad.write_text('from mnist_flax.config import default_config\n'
+                 'def get_config():\n  c = default_config().to_dict()\n  c["colour"] = 1\n'
+                 '  import ml_collections\n  return ml_collections.ConfigDict(c)\n')
+  with pytest.raises(ConfigError, match='unknown field config.colour'):
+    config_lib.load_config_file(bad)
+  bad.write_text(bad.read_text().replace('c["colour"] = 1', 'c["batch_size"] = "big"'))
+  with pytest.raises(ConfigError, match='config.batch_size=.big. has type str; expected int'):
+    config_lib.load_config_file(bad)
+  with pytest.raises(ConfigError, match='does not exist'):
+    config_lib.load_config_file(tmp_path / 'missing.py')
