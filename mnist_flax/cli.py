@@ -2,6 +2,8 @@
 
     mnist-flax train [--config FILE] [--config.FIELD=VALUE ...]
     mnist-flax eval --workdir DIR
+    mnist-flax explore [--out DIR]
+    mnist-flax report --workdir DIR [--compare DIR2 ...]
 
 Every expected failure (bad config, data, checkpoint, image) is one line on stderr and a
 non-zero exit code, never a traceback. Heavy imports (JAX, TFDS) happen inside the commands, so
@@ -60,6 +62,29 @@ def cmd_eval(args, overrides):
   return 0
 
 
+def cmd_explore(args, overrides):
+  config = _load_config(args, overrides)
+  from mnist_flax import explore  # pylint: disable=import-outside-toplevel
+  result = explore.explore(config, args.out)
+  counts = result['counts']
+  for name, per_digit in counts.items():
+    print(f'{name:>10}: {sum(per_digit):6d} images; per digit ' + ' '.join(map(str, per_digit)))
+  print('wrote ' + ', '.join(str(f) for f in result['files']))
+  return 0
+
+
+def cmd_report(args, overrides):
+  from mnist_flax import report  # pylint: disable=import-outside-toplevel
+  result = report.build_report(args.workdir, compare=args.compare or (), out_dir=args.out,
+                               with_model=not args.no_model)
+  analysis = result['analysis']
+  if analysis is not None:
+    confusion = analysis.confusion
+    print(f'test set: {int(confusion.trace())}/{int(confusion.sum())} correct at step {analysis.step}')
+  print(f'wrote {result["report"]} and ' + ', '.join(p.name for p in result['plots']))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='mnist-flax', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -73,6 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('eval', help="restore a run directory's latest checkpoint and evaluate it")
   p.add_argument('--workdir', required=True, help='run directory written by `mnist-flax train`')
   p.set_defaults(func=cmd_eval)
+
+  p = sub.add_parser('explore', help='plot sample digits, class counts and mean digits (PNGs)',
+                     epilog='Reads the data a config trains on; --config.FIELD=VALUE overrides '
+                            'apply, e.g. --config.idx_dir=/path/to/mnist')
+  p.add_argument('--config', help='config file (default: experiments/configs/default.py)')
+  p.add_argument('--out', default='runs/explore', help='output folder (default: runs/explore)')
+  p.set_defaults(func=cmd_explore, accepts_overrides=True)
+
+  p = sub.add_parser('report', help='report.md and plots of a run: curves, confusion matrix, '
+                                    'accuracy per digit, worst mistakes; --compare other runs')
+  p.add_argument('--workdir', required=True, help='run directory (finished or still training)')
+  p.add_argument('--compare', nargs='+', metavar='DIR', help='more run directories to overlay')
+  p.add_argument('--out', help='output folder (default: the run directory)')
+  p.add_argument('--no-model', action='store_true',
+                 help='skip the checkpoint (no confusion matrix or mistakes; no JAX needed)')
+  p.set_defaults(func=cmd_report)
   return parser
 
 

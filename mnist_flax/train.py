@@ -356,8 +356,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         'data_source': datasets.source,
     }
     report.write_json(workdir / report.SUMMARY_FILE, summary)
-    report.plot_curves(history, workdir / report.CURVES_FILE,
-                       title=f'{config.get("name", "")} ({config.model})')
+    # curves.png (with the per-step learning rate) and a short report.md; no model evaluation,
+    # so this stays cheap. `mnist-flax report` adds the confusion matrix and the mistakes.
+    report.write_end_of_run(workdir, history, title=f'{config.get("name", "")} ({config.model})',
+                            schedule=report.schedule_points(schedule, total_steps))
   writer.close()
   ckpt.close()
   return state
