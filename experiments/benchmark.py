@@ -1,0 +1,436 @@
+"""Benchmark a config: throughput, FLOP rate, compile time, time to a target accuracy, memory.
+
+    python experiments/benchmark.py --config experiments/configs/default.py [--seeds 3]
+        [--target 0.99] [--steps 200] [--peak-gflops 157] [--peer-epochs 3]
+        [--json results.json] [--config.FIELD=VALUE ...]
+
+What it measures, in one process set up exactly like `mnist-flax train` (same CPU device split,
+same jitted `train_step`, data resident on the device):
+
+* train throughput: images/s over `--steps` steps after compilation and a warm-up;
+* FLOPs per training image, two ways: analytic (2 x multiply-adds of every conv and matmul in the
+  forward pass, times 3 for forward + backward, the convention the peer scripts use) and XLA's
+  `cost_analysis()` of the compiled step; achieved GFLOP/s and its share of the machine's peak
+  (`--peak-gflops`, else a measured numpy sgemm rate, which is what the cores can really do);
+* compile time of the train step, peak host memory (RSS) and, on accelerators, peak device memory;
+* predict throughput (the jitted `predict` on batches of `eval_batch_size`) and exact-evaluation
+  throughput (the sharded `Evaluator` over all 10,000 test images);
+* time to `--target` test accuracy over `--seeds` seeds: each seed is a real
+  `mnist-flax train` subprocess (so compilation and start-up are included), mean and spread of
+  the final accuracy, the training seconds, the process wall time and the time to target;
+* optionally the Flax example peer (`/work/shared/peers/flax_example.py`) on the same machine.
+
+It prints a table and writes JSON (`--json`, default `<workdir>/benchmark.json`). Timings on a
+shared machine are noisy: run it alone (`flock /tmp/mnist_cpu.lock python experiments/...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PEER_SCRIPT = REPO.parent / 'shared' / 'peers' / 'flax_example.py'
+sys.path.insert(0, str(REPO))  # run as a script from a checkout without installing
+
+
+# ---------------------------------------------------------------------------- the machine
+
+
+def cpu_model() -> str:
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def nominal_peak_gflops() -> float | None:
+  """Cores x clock x fp32 FLOP/cycle from the ISA flags (2 FMA pipes assumed); None if unknown."""
+  try:
+    info = pathlib.Path('/proc/cpuinfo').read_text()
+  except OSError:
+    return None
+  mhz = re.search(r'cpu MHz\s*:\s*([\d.]+)', info)
+  flags = re.search(r'flags\s*:(.*)', info)
+  if not mhz or not flags:
+    return None
+  flags = flags.group(1).split()
+  lanes = 16 if 'avx512f' in flags else 8 if 'avx2' in flags else 4
+  flop_per_cycle = lanes * 2 * 2  # 2 FLOPs per FMA lane, 2 FMA pipes
+  return os.cpu_count() * float(mhz.group(1)) / 1000 * flop_per_cycle
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """The best fp32 matmul rate numpy (BLAS, all cores) reaches: a practical peak."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+  b = a.T.copy()
+  a @ b  # warm up the BLAS threads
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    a @ b
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
+
+
+def machine_record() -> dict:
+  import flax  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from mnist_flax import sharding  # pylint: disable=import-outside-toplevel
+  return {
+      'cpu': cpu_model(), 'cpu_cores': os.cpu_count(), 'platform': platform.platform(),
+      'python': platform.python_version(), 'jax': jax.__version__, 'flax': flax.__version__,
+      'optax': optax.__version__, 'backend': jax.default_backend(),
+      'devices': sharding.describe_devices(), 'num_devices': jax.device_count(),
+      'load_average_1m': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
+  }
+
+
+# ---------------------------------------------------------------------------- FLOPs
+
+
+def _sub_jaxprs(eqn):
+  for value in eqn.params.values():
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+      if hasattr(item, 'eqns'):
+        yield item
+      elif hasattr(item, 'jaxpr') and hasattr(item.jaxpr, 'eqns'):
+        yield item.jaxpr
+
+
+def _count_flops(jaxpr) -> int:
+  """2 x multiply-adds of every convolution and matmul in a jaxpr (nested ones included)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'conv_general_dilated':
+      out, rhs = eqn.outvars[0].aval, eqn.invars[1].aval
+      out_channels = rhs.shape[eqn.params['dimension_numbers'].rhs_spec[0]]
+      total += 2 * int(np.prod(out.shape)) * int(np.prod(rhs.shape)) // out_channels
+    elif name == 'dot_general':
+      (lhs_contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval
+      contracted = int(np.prod([lhs.shape[d] for d in lhs_contract]))
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+    for sub in _sub_jaxprs(eqn):
+      total += _count_flops(sub)
+  return total
+
+
+def analytic_train_flops_per_image(model, variables) -> float:
+  """Forward conv+matmul FLOPs of one image, times 3 (forward + two backward matmuls)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mnist_flax import data  # pylint: disable=import-outside-toplevel
+  batch = 8
+  forward = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  jaxpr = jax.make_jaxpr(forward)(variables, jnp.zeros((batch,) + data.IMAGE_SHAPE))
+  return 3 * _count_flops(jaxpr.jaxpr) / batch
+
+
+def _cost_flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # not every backend implements it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+def _peak_device_bytes() -> int | None:
+  import jax  # pylint: disable=import-outside-toplevel
+  stats = getattr(jax.local_devices()[0], 'memory_stats', lambda: None)()
+  return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
+
+
+def measure_training(config, steps: int, warmup: int) -> dict:
+  """Compile time, steady throughput and FLOP counts of the config's jitted train step."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mnist_flax import data, models, sharding, train  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh()
+  datasets = data.load_datasets(config)
+  n_train = len(datasets.train)
+  steps_per_epoch = n_train // config.batch_size
+  model = models.get_model(config)
+  replicated = sharding.replicated(mesh)
+  state = jax.jit(functools.partial(train.create_train_state, config, model,
+                                    steps_per_epoch=steps_per_epoch),
+                  out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  images, labels = sharding.put_replicated((datasets.train.images, datasets.train.labels), mesh)
+  metrics = jax.device_put(train.zero_metrics(), replicated)
+  perm = jax.jit(functools.partial(train.epoch_permutation, config.seed, num_examples=n_train),
+                 out_shardings=replicated)(0)
+  step_fn = jax.jit(functools.partial(train.train_step, model=model, config=config,
+                                      batch_sharding=sharding.data_sharded(mesh)),
+                    donate_argnums=(0, 1))
+  flops_image = analytic_train_flops_per_image(model, state.variables())
+
+  t = time.perf_counter()
+  lowered = step_fn.lower(state, metrics, images, labels, perm, 0)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t
+  xla_flops = _cost_flops(compiled)
+
+  sync_every = config.get('sync_every_steps', 8) or 8
+  def run(first, count):
+    nonlocal state, metrics
+    for i in range(first, first + count):
+      state, metrics = compiled(state, metrics, images, labels, perm, i % steps_per_epoch)
+      if (i + 1) % sync_every == 0:
+        jax.block_until_ready(metrics)
+    jax.block_until_ready(metrics)
+
+  run(0, warmup)
+  cpu0, t = time.process_time(), time.perf_counter()
+  run(warmup, steps)
+  seconds = time.perf_counter() - t
+  cores_busy = (time.process_time() - cpu0) / seconds
+  images_per_s = steps * config.batch_size / seconds
+  out = {
+      'batch_size': config.batch_size, 'steps_timed': steps, 'compile_seconds': compile_s,
+      'train_images_per_s': images_per_s, 'step_ms': 1000 * seconds / steps,
+      'cores_busy': cores_busy,
+      # Robust to other processes sharing the CPU: throughput per core-second actually used.
+      'images_per_cpu_second': images_per_s / max(cores_busy, 1e-9),
+      'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'train_flops_per_image_analytic': flops_image,
+      'achieved_gflops_analytic': images_per_s * flops_image / 1e9,
+  }
+  if xla_flops:
+    # cost_analysis counts one device's share of the partitioned step; scale to the whole batch.
+    per_image = xla_flops * mesh.devices.size / config.batch_size
+    out.update(train_flops_per_image_xla=per_image,
+               achieved_gflops_xla=images_per_s * per_image / 1e9)
+  out.update(_measure_inference(config, model, state, datasets.test, mesh))
+  return out
+
+
+def _measure_inference(config, model, state, test, mesh, repeats: int = 3) -> dict:
+  """Images/s of the jitted `predict` (one batch) and of exact evaluation (whole test set)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mnist_flax import predict, train  # pylint: disable=import-outside-toplevel
+  variables = state.variables()
+  batch = test.images[:config.eval_batch_size]
+  jax.block_until_ready(predict.predict(model, variables, batch))  # compile
+  t = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(predict.predict(model, variables, batch))
+  predict_rate = repeats * len(batch) / (time.perf_counter() - t)
+  evaluator = train.Evaluator(test, model, mesh, config.eval_batch_size)
+  evaluator(variables)  # compile
+  t = time.perf_counter()
+  for _ in range(repeats):
+    evaluator(variables)
+  eval_rate = repeats * len(test) / (time.perf_counter() - t)
+  return {'predict_images_per_s': predict_rate, 'eval_images_per_s': eval_rate}
+
+
+def run_seed(config_file: str, overrides: list[str], seed: int, workdir: pathlib.Path,
+             target: float) -> dict:
+  """One real `mnist-flax train` process; its accuracy, training time and time to target."""
+  cmd = [sys.executable, '-m', 'mnist_flax.cli', 'train', '--config', config_file, *overrides,
+         f'--config.seed={seed}', f'--config.workdir={workdir}', '--config.progress_bar=false']
+  cpu0 = _children_cpu_seconds()
+  t = time.perf_counter()
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+  wall = time.perf_counter() - t
+  cpu = _children_cpu_seconds() - cpu0
+  if proc.returncode != 0:
+    raise RuntimeError(f'seed {seed}: {" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
+  summary = json.loads((workdir / 'summary.json').read_text())
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()
+             if line.strip()]
+  elapsed, to_target = 0.0, None
+  for record in records:
+    elapsed += record['seconds']
+    if to_target is None and record['test_accuracy'] >= target:
+      to_target = {'seconds': elapsed, 'epoch': record['epoch']}
+  return {'seed': seed, 'test_accuracy': summary['test_accuracy'],
+          'train_seconds': summary['train_seconds'],
+          'train_wall_seconds': summary.get('train_wall_seconds'),
+          'process_seconds': wall, 'process_cpu_seconds': cpu, 'epochs': summary['epochs'],
+          'time_to_target_seconds': to_target and to_target['seconds'],
+          'epoch_to_target': to_target and to_target['epoch']}
+
+
+def _children_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _spread(values: list[float]) -> dict:
+  values = [v for v in values if v is not None]
+  if not values:
+    return {'mean': None, 'std': None, 'min': None, 'max': None, 'n': 0}
+  return {'mean': statistics.fmean(values), 'std': statistics.pstdev(values),
+          'min': min(values), 'max': max(values), 'n': len(values)}
+
+
+def run_peer(epochs: int, train_limit: int = 0) -> dict:
+  """The Flax example peer script on the same machine; its final JSON line."""
+  if not PEER_SCRIPT.is_file():
+    return {'error': f'{PEER_SCRIPT} not found'}
+  cmd = [sys.executable, str(PEER_SCRIPT), '--epochs', str(epochs)]
+  if train_limit:
+    cmd += ['--train-limit', str(train_limit)]
+  env = {k: v for k, v in os.environ.items() if k not in ('JAX_NUM_CPU_DEVICES', 'XLA_FLAGS')}
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PEER_SCRIPT.parent, env=env,
+                        check=False)
+  for line in reversed(proc.stdout.splitlines()):
+    if line.startswith('{'):
+      return json.loads(line)
+  return {'error': f'peer failed (exit {proc.returncode}): {proc.stderr[-500:]}'}
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _fmt(value, spec: str = ',.0f') -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def print_table(result: dict) -> None:
+  m, t = result['machine'], result.get('training') or {}
+  peak = result['peak_gflops']
+  rows = [
+      ('machine', f"{m['cpu']}, {m['cpu_cores']} cores, {m['devices']}, jax {m['jax']}"),
+      ('peak fp32 GFLOP/s', f"{_fmt(peak['used'], '.0f')} ({peak['source']}; nominal "
+                            f"{_fmt(peak['nominal'], '.0f')}, sgemm {_fmt(peak['sgemm'], '.0f')})"),
+  ]
+  if t:
+    share = t['achieved_gflops_analytic'] / peak['used'] if peak['used'] else None
+    rows += [
+        ('train step compile', f"{t['compile_seconds']:.2f} s"),
+        ('train images/s', f"{t['train_images_per_s']:,.0f} (batch {t['batch_size']}, "
+                           f"{t['step_ms']:.1f} ms/step, {t['cores_busy']:.2f} cores busy, "
+                           f"{t['images_per_cpu_second']:,.0f} per core-second)"),
+        ('train FLOPs/image', f"{t['train_flops_per_image_analytic'] / 1e6:.1f} M analytic, "
+                              f"{_fmt(t.get('train_flops_per_image_xla', 0) / 1e6, '.1f')} M XLA"),
+        ('achieved GFLOP/s', f"{t['achieved_gflops_analytic']:.1f} analytic "
+                             f"({_fmt(share and 100 * share, '.0f')}% of peak), "
+                             f"{_fmt(t.get('achieved_gflops_xla'), '.1f')} XLA"),
+        ('predict images/s', f"{t['predict_images_per_s']:,.0f} (jitted predict), "
+                             f"{t['eval_images_per_s']:,.0f} (exact evaluation)"),
+  ]
+  rows.append(('peak host memory', f"{result['peak_rss_mb']:.0f} MB RSS"
+               + (f", device {result['peak_device_mb']:.0f} MB" if result.get('peak_device_mb')
+                  else '')))
+  runs = result.get('seeds')
+  if runs:
+    acc, to_target = runs['test_accuracy'], runs['time_to_target_seconds']
+    rows += [
+        ('test accuracy', f"{100 * acc['mean']:.2f}% mean, {100 * acc['std']:.2f} std, "
+                          f"{100 * acc['min']:.2f}..{100 * acc['max']:.2f} over {acc['n']} seeds"),
+        ('training seconds', f"{runs['train_seconds']['mean']:.1f} mean "
+                             f"({runs['train_seconds']['min']:.1f}..{runs['train_seconds']['max']:.1f})"),
+        ('process seconds', f"{runs['process_seconds']['mean']:.1f} mean "
+                            f"({runs['process_seconds']['min']:.1f}..{runs['process_seconds']['max']:.1f}), "
+                            f"{runs['process_cpu_seconds']['mean']:.1f} CPU seconds"),
+        (f"time to {100 * result['target']:.2f}%",
+         f"{_fmt(to_target['mean'], '.1f')} s mean ({to_target['n']}/{acc['n']} seeds reached it)"),
+        ('reproducibility', runs['note']),
+    ]
+  peer = result.get('peer')
+  if peer:
+    rows.append(('flax example peer', json.dumps(peer)[:300]))
+  width = max(len(k) for k, _ in rows)
+  print(f"\nbenchmark: {result['config']}")
+  for key, value in rows:
+    print(f'  {key:<{width}}  {value}')
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--config', default=str(REPO / 'experiments' / 'configs' / 'default.py'))
+  parser.add_argument('--seeds', type=int, default=0,
+                      help='train this many seeds (0, 1, ...) end to end; 0 = throughput only')
+  parser.add_argument('--target', type=float, default=0.99, help='test accuracy to time')
+  parser.add_argument('--steps', type=int, default=200, help='timed train steps')
+  parser.add_argument('--warmup', type=int, default=20, help='untimed steps after compiling')
+  parser.add_argument('--peak-gflops', type=float, default=0.0,
+                      help='machine fp32 peak; default: measured numpy sgemm rate')
+  parser.add_argument('--peer-epochs', type=int, default=0,
+                      help='also run the Flax example peer for this many epochs')
+  parser.add_argument('--peer-train-limit', type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument('--no-throughput', action='store_true', help='skip the throughput section')
+  parser.add_argument('--json', default='', help='output file (default: <workdir>/benchmark.json)')
+  args, rest = parser.parse_known_args(argv)
+  bad = [a for a in rest if not a.startswith('--config.')]
+  if bad:
+    parser.error(f'unrecognized arguments: {" ".join(bad)}')
+  return args, rest
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  from mnist_flax import config as config_lib, sharding  # pylint: disable=import-outside-toplevel
+  config = config_lib.apply_overrides(config_lib.load_config_file(args.config, validate=False),
+                                      overrides)
+  config_lib.validate_config(config)
+  # Same device split as `mnist-flax train`, before JAX starts.
+  sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
+  workdir = pathlib.Path(config.workdir or tempfile.mkdtemp(prefix='mnist_flax_bench_'))
+  result = {'config': args.config, 'overrides': overrides, 'target': args.target,
+            'machine': machine_record()}
+  # A given peak skips the sgemm measurement (a few seconds of both cores).
+  nominal, sgemm = nominal_peak_gflops(), None if args.peak_gflops else sgemm_gflops()
+  result['peak_gflops'] = {
+      'nominal': nominal, 'sgemm': sgemm,
+      'used': args.peak_gflops or sgemm,
+      'source': '--peak-gflops' if args.peak_gflops else 'measured numpy sgemm'}
+  if not args.no_throughput:
+    training = measure_training(config, args.steps, args.warmup)
+    training['share_of_peak'] = training['achieved_gflops_analytic'] / result['peak_gflops']['used']
+    result['training'] = training
+  if args.seeds:
+    runs = [run_seed(args.config, overrides, seed, workdir / f'seed{seed}', args.target)
+            for seed in range(args.seeds)]
+    result['seeds'] = {key: _spread([r[key] for r in runs]) for key in (
+        'test_accuracy', 'train_seconds', 'process_seconds', 'process_cpu_seconds',
+        'time_to_target_seconds')}
+    result['seeds']['runs'] = runs
+    result['seeds']['note'] = (
+        'each seed is a plain `mnist-flax train` run (same code path as users get); the same '
+        'config and seed give the same accuracy on the same device count; compare the mean with '
+        "the config docstring's figure (differences within ~2 std are seed noise)")
+  if args.peer_epochs:
+    result['peer'] = run_peer(args.peer_epochs, args.peer_train_limit)
+  result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  device_bytes = _peak_device_bytes()
+  result['peak_device_mb'] = device_bytes and device_bytes / 2 ** 20
+  out = pathlib.Path(args.json) if args.json else workdir / 'benchmark.json'
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2) + '\n')
+  print_table(result)
+  print(f'\nJSON: {out}')
+  return result
+
+
+if __name__ == '__main__':
+  main()

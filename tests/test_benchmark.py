@@ -1,0 +1,66 @@
+"""experiments/benchmark.py on a tiny config: it runs, and its JSON holds every figure.
+
+No timing is asserted (timings on a shared CPU are noise); FLOP counts, accuracies and the
+structure of the record are.
+"""
+
+import importlib.util
+import json
+
+from conftest import REPO, tiny_overrides
+
+# The tiny CNN (conv 8, conv 16, dense 32): forward multiply-adds x 2, x 3 for a training step.
+TINY_FORWARD_FLOPS = 2 * (28 * 28 * 9 * 1 * 8 + 14 * 14 * 9 * 8 * 16 + 7 * 7 * 16 * 32 + 32 * 10)
+
+
+def _load_benchmark():
+  spec = importlib.util.spec_from_file_location('benchmark', REPO / 'experiments' / 'benchmark.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_benchmark_writes_json_with_every_field(idx_dir, tfds_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv('MNIST_IDX_DIR', str(idx_dir))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tfds_dir))
+  benchmark = _load_benchmark()
+  out = tmp_path / 'bench.json'
+  overrides = [f'--config.{o}' for o in tiny_overrides(idx_dir, tfds_dir, tmp_path / 'runs')
+               if not o.startswith('num_epochs')] + ['--config.num_epochs=1']
+  benchmark.main(['--steps', '4', '--warmup', '1', '--seeds', '1', '--target', '0.2',
+                  '--peak-gflops', '100',
+                  '--json', str(out), *overrides])
+  result = json.loads(out.read_text())
+
+  machine = result['machine']
+  assert machine['cpu_cores'] >= 1 and machine['jax'] and machine['num_devices'] == 2
+  assert result['peak_gflops']['used'] == 100 and result['peak_gflops']['source'] == '--peak-gflops'
+
+  training = result['training']
+  assert training['train_flops_per_image_analytic'] == 3 * TINY_FORWARD_FLOPS
+  assert training['params'] == 8 * 9 + 8 + 16 * 8 * 9 + 16 + 784 * 32 + 32 + 32 * 10 + 10
+  for key in ('compile_seconds', 'train_images_per_s', 'achieved_gflops_analytic',
+              'share_of_peak', 'predict_images_per_s', 'eval_images_per_s', 'cores_busy',
+              'images_per_cpu_second'):
+    assert training[key] > 0, key
+  assert result['peak_rss_mb'] > 0
+
+  seeds = result['seeds']
+  (run,) = seeds['runs']
+  assert run['seed'] == 0 and 0.2 <= run['test_accuracy'] <= 1
+  assert seeds['test_accuracy']['mean'] == run['test_accuracy']
+  # The target was reached in the only epoch, so its time is that epoch's training time.
+  assert run['epoch_to_target'] == 1
+  assert run['time_to_target_seconds'] == run['train_seconds']
+  assert run['process_seconds'] > run['train_seconds']
+  summary = json.loads((tmp_path / 'runs' / 'seed0' / 'summary.json').read_text())
+  assert summary['test_accuracy'] == run['test_accuracy']
+
+
+def test_flop_counter_counts_convs_and_matmuls():
+  import jax.numpy as jnp
+  from mnist_flax import models
+  benchmark = _load_benchmark()
+  model = models.CNN(features=(8, 16), hidden=32)
+  variables = model.init(__import__('jax').random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  assert benchmark.analytic_train_flops_per_image(model, variables) == 3 * TINY_FORWARD_FLOPS
