@@ -4,6 +4,8 @@
     mnist-flax eval --workdir DIR
     mnist-flax explore [--out DIR]
     mnist-flax report --workdir DIR [--compare DIR2 ...]
+    mnist-flax predict [--workdir DIR] [--top-k K] [--json] [--show OUT.png] FILE...
+    mnist-flax export --workdir RUN --out DIR
 
 Every expected failure (bad config, data, checkpoint, image) is one line on stderr and a
 non-zero exit code, never a traceback. Heavy imports (JAX, TFDS) happen inside the commands, so
@@ -44,7 +46,7 @@ def _load_config(args, overrides):
 def cmd_train(args, overrides):
   config = _load_config(args, overrides)
   from mnist_flax import config as config_lib, train  # pylint: disable=import-outside-toplevel
-  train.train_and_evaluate(config)
+  train.train_and_evaluate(config, fresh=args.fresh)
   from mnist_flax import report  # pylint: disable=import-outside-toplevel
   workdir = config_lib.resolve_workdir(config)
   summary = report.read_summary(workdir)
@@ -56,9 +58,19 @@ def cmd_train(args, overrides):
 
 def cmd_eval(args, overrides):
   from mnist_flax import train  # pylint: disable=import-outside-toplevel
-  metrics = train.evaluate(args.workdir)
+  metrics = train.evaluate(args.workdir, checkpoint=args.checkpoint)
   print(f'test accuracy {metrics["accuracy"]:.4f}  test loss {metrics["loss"]:.4f}  '
         f'({metrics["correct"]}/{metrics["count"]} correct)  workdir: {args.workdir}')
+  return 0
+
+
+def cmd_ensemble(args, overrides):
+  from mnist_flax import ensemble  # pylint: disable=import-outside-toplevel
+  result = ensemble.evaluate_ensemble(args.workdir, tta=args.tta)
+  for member in result['members']:
+    print(f'member {member["member"]}: test accuracy {member["accuracy"]:.4f} (tta {args.tta})')
+  print(f'ensemble of {len(result["members"])}: test accuracy {result["accuracy"]:.4f}  '
+        f'({result["correct"]}/{result["count"]} correct, tta {args.tta})')
   return 0
 
 
@@ -85,6 +97,58 @@ def cmd_report(args, overrides):
   return 0
 
 
+def cmd_predict(args, overrides):
+  """Classifies image files; bad files are reported and the good ones still classified."""
+  # Light imports only: JAX, Flax, Orbax, Pillow. Never TensorFlow/TFDS (start-up time).
+  import json  # pylint: disable=import-outside-toplevel
+  from mnist_flax import predict, preprocess  # pylint: disable=import-outside-toplevel
+  from mnist_flax.errors import ImageError  # pylint: disable=import-outside-toplevel
+  classifier = predict.load_classifier(args.workdir)
+  images, good, errors = [], [], {}
+  for path in args.files:
+    try:
+      images.append(preprocess.preprocess(path))
+      good.append(path)
+    except ImageError as e:
+      errors[path] = str(e)
+  found = {p.source: p for p in classifier.predictions(images, good, args.top_k)} if good else {}
+  if args.json:
+    print(json.dumps([found[f].to_dict() if f in found else {'file': f, 'error': errors[f]}
+                      for f in args.files], indent=1))
+  for path in args.files:
+    if path in errors:
+      print(f'mnist-flax predict: error: {errors[path]}', file=sys.stderr)
+    elif not args.json:
+      p = found[path]
+      ranked = ', '.join(f'{k} {q:.4f}' for k, q in p.top_k)
+      print(f'{path}  {p.label}  {p.probability:.4f}' + (f'  (top {len(p.top_k)}: {ranked})'
+                                                         if len(p.top_k) > 1 else ''))
+  if args.show and found:
+    predict.save_figure([found[f] for f in args.files if f in found], args.show)
+    print(f'wrote {args.show}', file=sys.stderr)
+  return EXIT_FAILURE if errors else 0
+
+
+def cmd_export(args, overrides):
+  from mnist_flax import export  # pylint: disable=import-outside-toplevel
+  summary = export.export_model(args.workdir, args.out, idx_dir=args.idx_dir,
+                                overwrite=args.overwrite)
+  print(f'exported {args.workdir} -> {args.out} ({export.directory_size(args.out) / 1e6:.2f} MB); '
+        f'test accuracy through predict: {summary["export"]["predict_test_accuracy"]:.4f} '
+        f'(run summary: {summary.get("test_accuracy", float("nan")):.4f})')
+  return 0
+
+
+def _top_k(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if not 1 <= value <= 10:
+    raise argparse.ArgumentTypeError(f'{text!r}: expected an integer from 1 to 10')
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='mnist-flax', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -93,11 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog='Override any config field with --config.FIELD=VALUE, '
                             'e.g. --config.num_epochs=2 --config.learning_rate=0.001')
   p.add_argument('--config', help='config file with get_config() (default: experiments/configs/default.py)')
+  p.add_argument('--fresh', action='store_true',
+                 help='start over in a workdir holding another run (moved to <workdir>.replaced-<time>)')
   p.set_defaults(func=cmd_train, accepts_overrides=True)
 
   p = sub.add_parser('eval', help="restore a run directory's latest checkpoint and evaluate it")
   p.add_argument('--workdir', required=True, help='run directory written by `mnist-flax train`')
+  p.add_argument('--checkpoint', default='latest',
+                 help="'latest' (default), 'best' (by validation metric) or a step number")
   p.set_defaults(func=cmd_eval)
+
+  p = sub.add_parser('ensemble', help='test accuracy of several checkpoints averaged, with '
+                                      'optional test-time augmentation (TTA)')
+  p.add_argument('--workdir', required=True, action='append',
+                 help='run directory (or DIR@STEP); repeat for each member')
+  p.add_argument('--tta', default='none', choices=['none', 'shift', 'shift_rotate'],
+                 help='test-time views averaged per member (default: none)')
+  p.set_defaults(func=cmd_ensemble)
 
   p = sub.add_parser('explore', help='plot sample digits, class counts and mean digits (PNGs)',
                      epilog='Reads the data a config trains on; --config.FIELD=VALUE overrides '
@@ -114,6 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--no-model', action='store_true',
                  help='skip the checkpoint (no confusion matrix or mistakes; no JAX needed)')
   p.set_defaults(func=cmd_report)
+
+  p = sub.add_parser('predict', help='classify your own digit images (default: the shipped '
+                                     'pretrained model)')
+  p.add_argument('files', nargs='+', metavar='FILE', help='image files (PNG, JPEG, ...; any size)')
+  p.add_argument('--workdir', help='run directory or exported model (default: checkpoints/pretrained)')
+  p.add_argument('--top-k', type=_top_k, default=3, help='how many ranked labels (1-10; default 3)')
+  p.add_argument('--json', action='store_true', help='print JSON instead of one line per file')
+  p.add_argument('--show', metavar='OUT.png',
+                 help='save each input beside the 28x28 the model saw and its probabilities')
+  p.set_defaults(func=cmd_predict)
+
+  p = sub.add_parser('export', help="write a run's inference-only model (small; what ships in "
+                                    'checkpoints/pretrained)')
+  p.add_argument('--workdir', required=True, help='run directory written by `mnist-flax train`')
+  p.add_argument('--out', required=True, help='output directory')
+  p.add_argument('--idx-dir', help='MNIST IDX folder for the accuracy check (default: $MNIST_IDX_DIR)')
+  p.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
+  p.set_defaults(func=cmd_export)
   return parser
 
 
@@ -132,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args, overrides)
   except USER_ERRORS as e:
     print(f'mnist-flax {args.command}: error: {e}', file=sys.stderr)
+    if type(e).__name__ == 'PreemptedError':  # saved and stopped: the shell's 128 + signal code
+      return 128 + e.signum
     return EXIT_USAGE if type(e).__name__ == 'ConfigError' else EXIT_FAILURE
   except KeyboardInterrupt:
     print(f'mnist-flax {args.command}: interrupted', file=sys.stderr)

@@ -1,14 +1,39 @@
 """Inference: the one predict function that evaluation, the CLI, the notebook and tests share.
 
-This module must stay light to import: no TensorFlow, no TFDS.
+* `predict(model, variables, images)`: pure and jitted, class probabilities for a batch of
+  28x28 images (what `train.py`'s evaluation also runs, through `predict_logits`).
+* `load_classifier(directory)`: restores the inference variables (params, plus batch_stats, or
+  their EMA when the run kept one) of a run directory (`mnist-flax train`) or of an exported
+  model (`mnist-flax export`, e.g. the shipped `checkpoints/pretrained/`) onto this machine's
+  first device, through an abstract target: a model trained on a TPU or on 8 devices loads on a
+  CPU; nothing is unpickled; an empty, foreign or corrupt directory is one `CheckpointError`.
+* `classify(inputs)`: file paths, numpy arrays or PIL images -> per image the label, its
+  probability and the top k, after MNIST-style preprocessing (`preprocess.py`).
+
+This module must stay light to import: no TensorFlow, no TFDS, no training stack (the
+`predict` command starts in about a second and a half).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import math
+import pathlib
+from typing import Any, Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from mnist_flax.errors import CheckpointError
+
+PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / 'checkpoints' / 'pretrained'
+VARIABLES_DIR = 'variables'  # an exported model's Orbax checkpoint of the inference variables
+CONFIG_FILE, SUMMARY_FILE = 'config.json', 'summary.json'
+RUN_CHECKPOINT_DIR = 'checkpoints'  # as in checkpoints.py (not imported: it pulls in the manager)
+MAX_BATCH = 1024  # images per jitted call; smaller batches are padded to a power of two
 
 
 def to_float(images):
@@ -31,3 +56,242 @@ def predict_logits(model, variables, images):
 def predict(model, variables, images):
   """Jitted: class probabilities (N, 10) for a batch of 28x28 images."""
   return jax.nn.softmax(predict_logits(model, variables, images), axis=-1)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _read_json(path: pathlib.Path, what: str) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f'{path}: cannot read the {what} ({e})') from None
+
+
+def _latest_step_dir(directory: pathlib.Path) -> Optional[pathlib.Path]:
+  """The newest finished Orbax step of a run directory (unfinished temporary steps skipped)."""
+  root = directory / RUN_CHECKPOINT_DIR
+  steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+  return max(steps, key=lambda p: int(p.name)) if steps else None
+
+
+def _describe_layout(directory: pathlib.Path) -> str:
+  return (f'expected a run directory (config.json and checkpoints/<step>/, written by `mnist-flax '
+          f'train`) or an exported model (config.json and {VARIABLES_DIR}/, written by '
+          f'`mnist-flax export`)')
+
+
+def _model_of(config, directory: pathlib.Path):
+  from mnist_flax import models  # pylint: disable=import-outside-toplevel
+  name = config.get('model')
+  if name not in models.MODELS:
+    raise CheckpointError(f'{directory} holds a model {name!r} that this version of mnist_flax '
+                          f'does not know; known models: {", ".join(sorted(models.MODELS))}')
+  try:
+    return models.get_model(config)
+  except (TypeError, KeyError, ValueError) as e:
+    raise CheckpointError(f'{directory}: config.json does not describe a valid {name!r} model '
+                          f'({e})') from None
+
+
+def abstract_variables(model, sharding) -> dict:
+  """Shapes and dtypes of `model`'s inference variables, placed with `sharding` (no compute)."""
+  shapes = jax.eval_shape(
+      functools.partial(model.init, train=False),
+      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+      jnp.zeros((1, 28, 28, 1), jnp.float32))
+  shapes = {k: v for k, v in dict(shapes).items() if k in ('params', 'batch_stats')}
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def _restore(path: pathlib.Path, item: dict, partial: bool, directory: pathlib.Path) -> dict:
+  """Orbax restore of `item`'s leaves (abstract arrays) from the PyTree checkpoint at `path`."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  args = ocp.args.PyTreeRestore(item=item, partial_restore=partial,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+  try:
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+      return checkpointer.restore(path, args=args)
+  except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
+    detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    raise CheckpointError(
+        f'{directory}: cannot restore the checkpoint at {path} for model '
+        f'{item_model_name(directory)}: it is corrupt, incomplete or of another model '
+        f'({type(e).__name__}: {detail})') from None
+
+
+def item_model_name(directory: pathlib.Path) -> str:
+  try:
+    return repr(json.loads((directory / CONFIG_FILE).read_text()).get('model'))
+  except (OSError, ValueError, AttributeError):
+    return '?'
+
+
+def restore_variables(directory: str | pathlib.Path, model, config, sharding=None) -> dict:
+  """The inference variables of a run directory or exported model, restored onto `sharding`.
+
+  Default placement: this machine's first device. A run that kept an EMA of its weights
+  (`config.ema_decay > 0`) is restored from the EMA, as its evaluation was.
+  """
+  directory = pathlib.Path(directory)
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = abstract_variables(model, sharding)
+  if (directory / VARIABLES_DIR).is_dir():
+    variables = _restore(directory / VARIABLES_DIR, target, partial=False, directory=directory)
+  else:
+    step_dir = _latest_step_dir(directory)
+    if step_dir is None:
+      raise CheckpointError(f'{directory} holds no checkpoint (no {RUN_CHECKPOINT_DIR}/<step>/ or '
+                            f'{VARIABLES_DIR}/); train first: mnist-flax train '
+                            f'--config.workdir={directory}')
+    key = 'ema' if config.get('ema_decay', 0.0) > 0 else None
+    item = {'state': {key: target} if key else target}
+    restored = _restore(step_dir / 'state', item, partial=True, directory=directory)
+    variables = restored['state'][key] if key else restored['state']
+  leaves = jax.tree.leaves(variables)
+  if not leaves or not all(bool(jnp.all(jnp.isfinite(x))) for x in leaves):
+    raise CheckpointError(f'{directory}: the checkpoint holds NaN or infinite weights (corrupt, or '
+                          'saved from a diverged run)')
+  return variables
+
+
+# ---------------------------------------------------------------------------- classifying
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """One input's result: the label, its probability, the top k (label, probability) pairs,
+  all ten probabilities, and the 28x28 image the model saw."""
+  source: str
+  label: int
+  probability: float
+  top_k: tuple[tuple[int, float], ...]
+  probabilities: np.ndarray
+  image: np.ndarray
+
+  def to_dict(self) -> dict:
+    return {'file': self.source, 'label': self.label, 'probability': self.probability,
+            'top_k': [{'label': k, 'probability': p} for k, p in self.top_k]}
+
+
+def _bucket(n: int) -> int:
+  """Batch sizes are padded to powers of two, so a few compiled shapes serve every call."""
+  return min(MAX_BATCH, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+@dataclasses.dataclass
+class Classifier:
+  """A restored model ready to classify: `model`, inference `variables`, its `config`."""
+  model: Any
+  variables: dict
+  config: Any
+  directory: pathlib.Path
+  summary: dict = dataclasses.field(default_factory=dict)
+
+  def probabilities(self, images) -> np.ndarray:
+    """uint8 (N, 28, 28[, 1]) MNIST-style images -> float32 (N, 10) probabilities."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[..., None]
+    out = []
+    for start in range(0, len(images), MAX_BATCH):
+      chunk = images[start:start + MAX_BATCH]
+      size = _bucket(len(chunk))
+      if len(chunk) < size:
+        chunk = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+      out.append(np.asarray(predict(self.model, self.variables, chunk)))
+    return np.concatenate(out)[:len(images)] if out else np.zeros((0, 10), np.float32)
+
+  def predictions(self, images: np.ndarray, sources: Sequence[str], top_k: int = 3) -> list[Prediction]:
+    """Predictions for already preprocessed images (uint8 (N, 28, 28))."""
+    images = np.asarray(images)
+    probs = self.probabilities(images)
+    results = []
+    for source, image, p in zip(sources, images, probs):
+      order = np.argsort(-p, kind='stable')[:top_k]
+      results.append(Prediction(
+          source=source, label=int(order[0]), probability=float(p[order[0]]),
+          top_k=tuple((int(k), float(p[k])) for k in order), probabilities=p,
+          image=np.asarray(image).reshape(28, 28)))
+    return results
+
+  def classify(self, inputs: Iterable[Any], top_k: int = 3) -> list[Prediction]:
+    """File paths, numpy arrays or PIL images -> one Prediction each (ImageError on a bad one)."""
+    from mnist_flax import preprocess as prep  # pylint: disable=import-outside-toplevel
+    inputs = list(inputs)
+    images = np.stack([prep.preprocess(x) for x in inputs]) if inputs else np.zeros((0, 28, 28), np.uint8)
+    return self.predictions(images, [prep.describe(x) for x in inputs], top_k)
+
+
+def load_classifier(directory: str | pathlib.Path | None = None, sharding=None) -> Classifier:
+  """Restores a run directory or exported model (default: the shipped pretrained model)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  directory = pathlib.Path(directory) if directory else PRETRAINED_DIR
+  if not directory.exists():
+    hint = (' (the pretrained model ships with the repository checkout: run from a clone, or pass '
+            '--workdir)') if directory == PRETRAINED_DIR else ''
+    raise CheckpointError(f'{directory}: no such directory{hint}')
+  if not directory.is_dir():
+    raise CheckpointError(f'{directory}: not a directory; {_describe_layout(directory)}')
+  if not any(directory.iterdir()):
+    raise CheckpointError(f'{directory} is empty; {_describe_layout(directory)}')
+  if not (directory / CONFIG_FILE).is_file():
+    raise CheckpointError(f'{directory} is not a mnist_flax run directory: no {CONFIG_FILE}; '
+                          f'{_describe_layout(directory)}')
+  config = ml_collections.ConfigDict(_read_json(directory / CONFIG_FILE, 'config'))
+  model = _model_of(config, directory)
+  variables = restore_variables(directory, model, config, sharding)
+  summary = (_read_json(directory / SUMMARY_FILE, 'summary')
+             if (directory / SUMMARY_FILE).is_file() else {})
+  return Classifier(model=model, variables=variables, config=config, directory=directory,
+                    summary=summary)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_classifier(directory: str) -> Classifier:
+  return load_classifier(directory or None)
+
+
+def classify(inputs: Iterable[Any], workdir: str | pathlib.Path | None = None,
+             top_k: int = 3) -> list[Prediction]:
+  """Classifies digit images (paths, arrays, PIL images) with a run's model or the pretrained one.
+
+      from mnist_flax.predict import classify
+      [p.label for p in classify(['my_seven.jpg'])]        # -> [7]
+  """
+  return _cached_classifier(str(workdir or '')).classify(inputs, top_k)
+
+
+def save_figure(predictions: Sequence[Prediction], path: str | pathlib.Path):
+  """One row per prediction: the input as loaded, the 28x28 the model saw, the probabilities.
+
+  So a person can see why: a wrong label usually shows up as a bad crop or a lost stroke in the
+  middle panel. Matplotlib is imported only here.
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from mnist_flax import preprocess as prep  # pylint: disable=import-outside-toplevel
+  rows = len(predictions)
+  fig, axes = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), squeeze=False,
+                           gridspec_kw={'width_ratios': [1, 1, 1.6]})
+  for (ax_in, ax_seen, ax_bar), p in zip(axes, predictions):
+    try:
+      shown = prep.load_grey(p.source) if pathlib.Path(p.source).is_file() else None
+    except Exception:  # pylint: disable=broad-except  (display only)
+      shown = None
+    ax_in.imshow(p.image if shown is None else shown, cmap='gray', vmin=0, vmax=1 if shown is not None else 255)
+    ax_in.set_title(pathlib.Path(p.source).name[:28], fontsize=9)
+    ax_seen.imshow(p.image, cmap='gray', vmin=0, vmax=255)
+    ax_seen.set_title('what the model sees (28x28)', fontsize=9)
+    for ax in (ax_in, ax_seen):
+      ax.set_xticks([])
+      ax.set_yticks([])
+    colours = ['tab:blue' if k == p.label else 'lightgray' for k in range(10)]
+    ax_bar.bar(range(10), p.probabilities, color=colours, edgecolor='black', linewidth=0.5)
+    ax_bar.set_xticks(range(10))
+    ax_bar.set_ylim(0, 1)
+    ax_bar.set_title(f'label {p.label}  p={p.probability:.3f}', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

@@ -1,0 +1,100 @@
+"""Exported models: a run directory's inference variables only, small enough to ship.
+
+A run directory's checkpoint holds the whole TrainState (optimizer moments, EMA, step, metric
+accumulators): three to four times the weights. `export_model` writes what prediction needs:
+
+    <out>/config.json      the run's config (what `load_classifier` rebuilds the model from)
+    <out>/summary.json     the run's summary, plus `export`: where it came from, and its test
+                           accuracy measured through `predict` after the export (must match)
+    <out>/variables/       Orbax PyTree checkpoint of {'params'[, 'batch_stats']} (the EMA
+                           weights when the run kept an EMA)
+
+`predict.load_classifier` (and `mnist-flax predict --workdir`) read both layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+
+from mnist_flax import predict
+from mnist_flax.errors import CheckpointError
+
+
+def _write_json(path: pathlib.Path, value: dict):
+  path.write_text(json.dumps(value, indent=2, sort_keys=True) + '\n')
+
+
+def measure_test_accuracy(classifier: predict.Classifier, idx_dir: str | None = None) -> dict:
+  """Accuracy on the 10,000 MNIST test images through `Classifier.probabilities` (`predict`).
+
+  Reads the test IDX files directly (`idx_dir`, else $MNIST_IDX_DIR) with `data.read_idx`, so
+  no TensorFlow is needed.
+  """
+  images, labels = mnist_test_set(idx_dir)
+  probs = classifier.probabilities(images)
+  correct = int((probs.argmax(1) == labels).sum())
+  return {'test_accuracy': correct / len(labels), 'test_correct': correct, 'count': len(labels)}
+
+
+def mnist_test_set(idx_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The MNIST test images (uint8 (10000, 28, 28)) and labels, from the IDX files."""
+  import os  # pylint: disable=import-outside-toplevel
+  from mnist_flax import data  # pylint: disable=import-outside-toplevel
+  folder = pathlib.Path(idx_dir or os.environ.get(data.IDX_DIR_ENV, ''))
+  if not idx_dir and not os.environ.get(data.IDX_DIR_ENV):
+    raise CheckpointError(f'cannot measure the test accuracy: set {data.IDX_DIR_ENV} to the folder '
+                          'holding the MNIST IDX files (t10k-images-idx3-ubyte.gz, ...)')
+  files = {}
+  for key in ('test_images', 'test_labels'):
+    stem, magic, shape = data.IDX_FILES[key]
+    path = next((folder / n for n in (stem + '.gz', stem) if (folder / n).exists()), folder / stem)
+    files[key] = data.read_idx(path, magic, shape)
+  return files['test_images'], files['test_labels'].astype(np.int32)
+
+
+def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: str | None = None,
+                 overwrite: bool = False) -> dict:
+  """Writes the inference-only model of run directory `workdir` to `out`; returns its summary."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  workdir, out = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
+  if out == workdir:
+    raise CheckpointError(f'--out must differ from the run directory ({workdir})')
+  classifier = predict.load_classifier(workdir)
+  if out.exists():
+    if not overwrite and any(out.iterdir()):
+      raise CheckpointError(f'{out} exists and is not empty; pass --overwrite to replace it')
+    shutil.rmtree(out)
+  out.mkdir(parents=True)
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    checkpointer.save(out / predict.VARIABLES_DIR, args=ocp.args.PyTreeSave(classifier.variables))
+  config = json.loads((workdir / predict.CONFIG_FILE).read_text())
+  config['workdir'] = ''  # the run directory is not shipped
+  _write_json(out / predict.CONFIG_FILE, config)
+
+  exported = predict.load_classifier(out)  # measure what was written, through `predict`
+  measured = measure_test_accuracy(exported, idx_dir)
+  summary = dict(classifier.summary)
+  step_dir = predict._latest_step_dir(workdir)  # pylint: disable=protected-access
+  summary['export'] = {
+      'from_run': workdir.name, 'from_step': int(step_dir.name) if step_dir else None,
+      'variables': sorted(classifier.variables), 'ema': classifier.config.get('ema_decay', 0.0) > 0,
+      'params': int(sum(np.size(x) for x in _leaves(classifier.variables['params']))),
+      'predict_test_accuracy': measured['test_accuracy'],
+      'predict_test_correct': measured['test_correct'],
+  }
+  _write_json(out / predict.SUMMARY_FILE, summary)
+  return summary
+
+
+def _leaves(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree.leaves(tree)
+
+
+def directory_size(path: str | pathlib.Path) -> int:
+  """Bytes of all files under `path`."""
+  return sum(p.stat().st_size for p in pathlib.Path(path).rglob('*') if p.is_file())

@@ -1,0 +1,427 @@
+"""MNIST-style preprocessing: any digit image -> the 28x28 uint8 image the model expects.
+
+MNIST was made by scaling each (binary) NIST digit to fit a 20x20 box, preserving its aspect
+ratio, with anti-aliasing, then placing it in a 28x28 field so that its centre of mass sits at the
+centre: white ink on black, grey levels only at the stroke edges. `preprocess` repeats those steps
+on an arbitrary image (a file path, a numpy array or a PIL image):
+
+1. decode to grey levels in [0, 1]: any size and mode (RGB, RGBA or palette over transparency,
+   16-bit, grayscale, binary), EXIF rotation applied, large photos reduced while decoding;
+2. polarity: whichever of dark or light deviates more from the border's median is the ink;
+   dark-on-light input is inverted;
+3. background: a smooth quadratic surface fitted to the non-ink pixels (uneven lighting) is
+   subtracted; the noise level of what remains sets a threshold, so photo noise and JPEG
+   artefacts go to zero and the stroke contrast is stretched to full white;
+4. crop to the ink's bounding box (specks removed for large images), scale the digit to fit
+   20x20, place it in 28x28 centred by its centre of mass.
+
+An image that already is MNIST-like passes through essentially unchanged (the same pixels, up to
+a grey level or two of contrast stretch). Only numpy and Pillow: no TensorFlow, no SciPy, so the
+`predict` command starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from mnist_flax.errors import ImageError
+
+MNIST_SIZE = 28
+DIGIT_BOX = 20  # MNIST digits fit a 20x20 box inside the 28x28 field
+MNIST_CENTRE = 14.0  # centre of mass of MNIST test digits, in pixel indices (measured: 13.99, 14.01)
+# Inputs larger than this are refused before decoding (a "decompression bomb" is a small file that
+# decodes to gigabytes); a 48-megapixel phone photo still passes.
+MAX_PIXELS = 50_000_000
+WORK_SIZE = 512  # larger images are reduced to this long side first: plenty for one digit
+FIT_SIZE = 64  # the background surface is fitted on an image reduced to at most this size
+MIN_INK_CONTRAST = 0.1  # ink must stand out from the background by 10% of the full grey range
+SPECK_FILTER_MIN_SIZE = 56  # above this, isolated noise specks are removed before the bounding box
+
+ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+
+def describe(source: Any) -> str:
+  """A short name for an input in error messages: its path, or its kind and shape."""
+  if isinstance(source, (str, os.PathLike)):
+    return str(source)
+  if isinstance(source, np.ndarray):
+    return f'array{tuple(source.shape)}'
+  if isinstance(source, Image.Image):
+    return getattr(source, 'filename', '') or f'PIL image {source.size[0]}x{source.size[1]}'
+  return type(source).__name__
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _check_size(width: int, height: int, name: str):
+  if width * height > MAX_PIXELS:
+    raise ImageError(f'{name}: image too large: {width}x{height} = {width * height / 1e6:.0f} '
+                     f'megapixels, more than the limit of {MAX_PIXELS / 1e6:.0f} (a decompression '
+                     'bomb?); resize it first')
+  if width < 1 or height < 1:
+    raise ImageError(f'{name}: image has no pixels ({width}x{height})')
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+  """Opens and fully decodes an image file, with one ImageError for every way that can fail."""
+  name = str(path)
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise ImageError(f'{name}: no such file')
+  if path.is_dir():
+    raise ImageError(f'{name}: is a directory, not an image file')
+  try:
+    with warnings.catch_warnings():
+      # Pillow warns (then errors) above its own pixel limit; we check ours first, below.
+      warnings.simplefilter('error', Image.DecompressionBombWarning)
+      image = Image.open(path)
+      _check_size(*image.size, name)
+      # JPEG only: decode at a reduced scale (1/2 .. 1/8), still at least WORK_SIZE per side.
+      image.draft(image.mode, (WORK_SIZE, WORK_SIZE))
+      image.load()
+  except ImageError:
+    raise
+  except UnidentifiedImageError:
+    raise ImageError(f'{name}: not an image file (or a format Pillow cannot read)') from None
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise ImageError(f'{name}: image too large: more than the limit of {MAX_PIXELS / 1e6:.0f} '
+                     f'megapixels (a decompression bomb?); Pillow says: {e}') from None
+  except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
+    raise ImageError(f'{name}: cannot decode image: {e}') from None
+  return image
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+  return rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _composite_alpha(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+  """Flattens transparency: drawing apps leave the paper transparent and only the ink opaque.
+
+  Paper of the opposite tone to the (opaque) ink is put behind, so dark ink on transparency and
+  light ink on transparency both become ink on paper.
+  """
+  if alpha.min() > 0.98:
+    return grey
+  weight = alpha.sum()
+  ink_tone = float((grey * alpha).sum() / weight) if weight > 0 else 0.0
+  paper = 1.0 if ink_tone < 0.5 else 0.0
+  return grey * alpha + paper * (1.0 - alpha)
+
+
+def _pil_to_grey(image: Image.Image) -> np.ndarray:
+  """Any Pillow mode -> float32 grey levels in [0, 1] (transparency composited)."""
+  image = ImageOps.exif_transpose(image) or image
+  mode = image.mode
+  if mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+    values = np.asarray(image, dtype=np.float32)
+    top = 1.0 if mode == 'F' and values.max() <= 1.0 else 255.0
+    if values.max() > 255.0 or mode.startswith('I;16'):
+      top = 65535.0
+    return np.clip(values / top, 0.0, 1.0)
+  has_alpha = mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (
+      mode == 'P' and 'transparency' in image.info)
+  if has_alpha:
+    rgba = np.asarray(image.convert('RGBA'), dtype=np.float32) / 255.0
+    return _composite_alpha(_luminance(rgba), rgba[..., 3])
+  return np.asarray(image.convert('L'), dtype=np.float32) / 255.0
+
+
+def _array_to_grey(array: np.ndarray, name: str) -> np.ndarray:
+  """(H, W), (H, W, 1|3|4) arrays of uint8, uint16, bool or float -> float32 grey in [0, 1]."""
+  array = np.asarray(array)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+    raise ImageError(f'{name}: expected an image array of shape (H, W), (H, W, 1), (H, W, 3) or '
+                     f'(H, W, 4), got {array.shape}')
+  _check_size(array.shape[1], array.shape[0], name)
+  if array.dtype == np.bool_:
+    values = array.astype(np.float32)
+  elif array.dtype == np.uint8:
+    values = array.astype(np.float32) / 255.0
+  elif array.dtype == np.uint16:
+    values = array.astype(np.float32) / 65535.0
+  elif np.issubdtype(array.dtype, np.number):
+    values = array.astype(np.float32)
+    if not np.all(np.isfinite(values)):
+      raise ImageError(f'{name}: image array holds NaN or infinite values')
+    if values.max() > 1.0:  # integers or floats on the 0..255 scale
+      values = values / 255.0
+    values = np.clip(values, 0.0, 1.0)
+  else:
+    raise ImageError(f'{name}: unsupported image array dtype {array.dtype}')
+  if values.ndim == 2:
+    return values
+  grey = _luminance(values)
+  return _composite_alpha(grey, values[..., 3]) if values.shape[-1] == 4 else grey
+
+
+def _reduce(grey: np.ndarray, size: int) -> np.ndarray:
+  """Area-averages `grey` so that its long side is at most `size` (no-op when already small)."""
+  h, w = grey.shape
+  scale = size / max(h, w)
+  if scale >= 1.0:
+    return grey
+  new = (max(1, round(w * scale)), max(1, round(h * scale)))
+  return np.asarray(Image.fromarray(grey, 'F').resize(new, Image.Resampling.BOX))
+
+
+def load_grey(source: ImageLike) -> np.ndarray:
+  """An image file, array or PIL image -> float32 (H, W) grey levels in [0, 1], long side <= 512."""
+  name = describe(source)
+  if isinstance(source, (str, os.PathLike)):
+    grey = _pil_to_grey(open_image(source))
+  elif isinstance(source, Image.Image):
+    _check_size(*source.size, name)
+    try:
+      grey = _pil_to_grey(source)
+    except (OSError, ValueError) as e:
+      raise ImageError(f'{name}: cannot read PIL image: {e}') from None
+  elif isinstance(source, np.ndarray):
+    grey = _array_to_grey(source, name)
+  else:
+    raise ImageError(f'{name}: expected a file path, a numpy array or a PIL image')
+  return _reduce(np.ascontiguousarray(grey, dtype=np.float32), WORK_SIZE)
+
+
+# ---------------------------------------------------------------------------- ink extraction
+
+
+def _border(grey: np.ndarray) -> np.ndarray:
+  b = max(1, round(0.05 * min(grey.shape)))
+  return np.concatenate([grey[:b].ravel(), grey[-b:].ravel(), grey[:, :b].ravel(),
+                         grey[:, -b:].ravel()])
+
+
+def ink_is_dark(grey: np.ndarray) -> bool:
+  """True when the ink is darker than the paper: dark values deviate more from the border."""
+  paper = float(np.median(_sample(_border(grey))))
+  low, high = np.percentile(_sample(grey), [0.5, 99.5])
+  if np.isclose(paper - low, high - paper):
+    return paper > 0.5
+  return paper - low > high - paper
+
+
+def _quadratic_terms(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+  y = np.linspace(-1.0, 1.0, h, dtype=np.float32)
+  x = np.linspace(-1.0, 1.0, w, dtype=np.float32)
+  return y, x
+
+
+def _surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
+  """c0 + c1 y + c2 x + c3 y^2 + c4 x^2 + c5 y x on an (h, w) grid, built from separable parts."""
+  y, x = _quadratic_terms(h, w)
+  c = np.asarray(coef, np.float32)
+  column = (c[0] + c[1] * y + c[3] * y * y)[:, None]
+  row = (c[2] * x + c[4] * x * x)[None, :]
+  return column + row + np.outer(c[5] * y, x)
+
+
+def background(grey: np.ndarray) -> np.ndarray:
+  """The paper's brightness under uneven lighting: a quadratic surface fitted to non-ink pixels.
+
+  Fitted on an area-reduced copy, with three rounds that drop the pixels standing above the
+  current fit (the ink, white-on-black at this point), so the strokes do not lift the surface.
+  """
+  small = _reduce(grey, FIT_SIZE)
+  h, w = small.shape
+  y, x = _quadratic_terms(h, w)
+  yy, xx = np.meshgrid(y, x, indexing='ij')
+  design = np.stack([np.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx], -1).reshape(-1, 6)
+  values = small.ravel()
+  keep = values <= np.percentile(values, 60)
+  coef = np.zeros(6, np.float32)
+  for _ in range(3):
+    if keep.sum() < 12:
+      break
+    kept = design[keep]
+    # Normal equations (6x6) with a tiny ridge: much cheaper than an SVD least squares.
+    coef = np.linalg.solve(kept.T @ kept + 1e-4 * np.eye(6), kept.T @ values[keep])
+    residual = values - design @ coef
+    spread = 1.4826 * np.median(np.abs(residual[keep])) + 1e-3
+    keep = residual < 2.5 * spread
+  return _surface(coef, *grey.shape)
+
+
+def _sample(values: np.ndarray, limit: int = 8000) -> np.ndarray:
+  """At most about `limit` evenly strided values: robust statistics need no more."""
+  flat = values.ravel()
+  return flat[::max(1, flat.size // limit)]
+
+
+def extract_ink(grey: np.ndarray, name: str = 'image') -> np.ndarray:
+  """Grey levels -> ink strength in [0, 1] (white ink on black, background and noise at 0)."""
+  if ink_is_dark(grey):
+    grey = 1.0 - grey
+  residual = grey - background(grey)
+  sample = _sample(residual)
+  paper = sample[sample <= np.percentile(sample, 60)]
+  noise = 1.4826 * float(np.median(np.abs(paper - np.median(paper)))) if paper.size else 0.0
+  # 3 sigma of the paper's noise; a clean (noise-free) image keeps all but the faintest grey.
+  threshold = max(3.0 * noise + float(np.median(paper)) if paper.size else 0.0, 1.5 / 255)
+  candidates = residual[residual > threshold]
+  candidates = _sample(candidates) if candidates.size else candidates
+  full = float(np.percentile(candidates, 90)) if candidates.size else threshold
+  if full - threshold < MIN_INK_CONTRAST:
+    raise ImageError(f'{name}: no digit found (blank image, or ink too faint: contrast '
+                     f'{max(full - threshold, 0.0):.2f} of the grey range, need '
+                     f'{MIN_INK_CONTRAST})')
+  return np.clip((residual - threshold) / (full - threshold), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------- MNIST geometry
+
+
+def _bounding_box(ink: np.ndarray) -> tuple[int, int, int, int]:
+  """Rows r0:r1 and columns c0:c1 of the ink, ignoring isolated noise specks in large images."""
+  mask = ink > 0.1
+  h, w = ink.shape
+  r0, r1, c0, c1 = 0, h, 0, w
+  if max(h, w) > SPECK_FILTER_MIN_SIZE:
+    # A 3x3 median on a reduced copy removes specks that would stretch the box; the box found
+    # there (plus one reduced pixel of slack) bounds the exact full-size box searched below.
+    small = _reduce(ink, SPECK_FILTER_MIN_SIZE * 2)
+    cleaned = Image.fromarray(((small > 0.1) * 255).astype(np.uint8), 'L')
+    cleaned = np.asarray(cleaned.filter(ImageFilter.MedianFilter(3))) > 127
+    if cleaned.any():
+      sy, sx = h / small.shape[0], w / small.shape[1]
+      rows, cols = np.flatnonzero(cleaned.any(1)), np.flatnonzero(cleaned.any(0))
+      r0, r1 = int(max(0, (rows[0] - 1) * sy)), int(min(h, np.ceil((rows[-1] + 2) * sy)))
+      c0, c1 = int(max(0, (cols[0] - 1) * sx)), int(min(w, np.ceil((cols[-1] + 2) * sx)))
+  window = mask[r0:r1, c0:c1]
+  if not window.any():
+    window, r0, c0 = mask, 0, 0
+  rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
+  return r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1
+
+
+def _crop_with_margin(ink: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, int]:
+  """The box plus a margin of 20% of its long side on every side (zeros beyond the image).
+
+  The margin keeps the faint anti-aliased edge pixels that the box's threshold leaves out;
+  at the 20x20 scale it is MNIST's 4-pixel frame.
+  """
+  r0, r1, c0, c1 = box
+  margin = int(np.ceil(0.2 * max(r1 - r0, c1 - c0)))
+  out = np.zeros((r1 - r0 + 2 * margin, c1 - c0 + 2 * margin), np.float32)
+  h, w = ink.shape
+  sr0, sr1, sc0, sc1 = max(0, r0 - margin), min(h, r1 + margin), max(0, c0 - margin), min(w, c1 + margin)
+  out[sr0 - r0 + margin:sr1 - r0 + margin, sc0 - c0 + margin:sc1 - c0 + margin] = ink[sr0:sr1, sc0:sc1]
+  return out, margin
+
+
+def _scale(patch: np.ndarray, scale: float) -> np.ndarray:
+  """Resizes by `scale` (the digit's long side -> DIGIT_BOX), preserving the aspect ratio."""
+  h, w = patch.shape
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  if size == (w, h):
+    return patch
+  # Area averaging when shrinking gives MNIST's anti-aliased edges; bilinear when enlarging.
+  method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+  return np.clip(np.asarray(Image.fromarray(patch, 'F').resize(size, method)), 0.0, 1.0)
+
+
+def _paste(patch: np.ndarray, top: int, left: int) -> np.ndarray:
+  """A 28x28 field holding `patch` at (top, left); whatever falls outside is cut off."""
+  field = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
+  h, w = patch.shape
+  fr0, fc0 = max(0, top), max(0, left)
+  fr1, fc1 = min(MNIST_SIZE, top + h), min(MNIST_SIZE, left + w)
+  if fr1 > fr0 and fc1 > fc0:
+    field[fr0:fr1, fc0:fc1] = patch[fr0 - top:fr1 - top, fc0 - left:fc1 - left]
+  return field
+
+
+def _centre_by_mass(patch: np.ndarray, digit_offset: float, digit_shape: tuple[int, int],
+                    position: tuple[int, int] | None = None) -> np.ndarray:
+  """Places `patch` in a 28x28 field with its centre of mass at MNIST's centre (whole pixels).
+
+  The digit (`digit_shape`, starting `digit_offset` pixels inside the patch) is kept inside the
+  field. `position` (top, left) is where the patch already sits in a 28x28 input: kept when it
+  is within a pixel of the computed place, since MNIST's own rounding of the centre differs
+  from ours by up to a pixel and an MNIST image must pass through unchanged.
+  """
+  h, w = patch.shape
+  mass = patch.sum()
+  cy = float((patch.sum(1) * np.arange(h)).sum() / mass)
+  cx = float((patch.sum(0) * np.arange(w)).sum() / mass)
+  top, left = MNIST_CENTRE - cy, MNIST_CENTRE - cx
+  if position is not None and abs(position[0] - top) <= 1 and abs(position[1] - left) <= 1:
+    top, left = position
+  top = int(np.clip(round(top), -digit_offset, MNIST_SIZE - digit_offset - digit_shape[0]))
+  left = int(np.clip(round(left), -digit_offset, MNIST_SIZE - digit_offset - digit_shape[1]))
+  return _paste(patch, top, left)
+
+
+def preprocess(source: ImageLike) -> np.ndarray:
+  """Any digit image -> what the model sees: uint8 (28, 28), white digit on black, MNIST-style.
+
+  `source` is a file path, a numpy array or a PIL image. Raises ImageError (naming the input)
+  for a missing, unreadable, truncated, blank or too large image.
+  """
+  name = describe(source)
+  ink = extract_ink(load_grey(source), name)
+  box = _bounding_box(ink)
+  r0, r1, c0, c1 = box
+  crop, margin = _crop_with_margin(ink, box)
+  scale = DIGIT_BOX / max(r1 - r0, c1 - c0)
+  patch = _scale(crop, scale)
+  if patch.sum() <= 0:
+    raise ImageError(f'{name}: no digit found (the ink vanished when scaled to 20x20)')
+  unscaled = ink.shape == (MNIST_SIZE, MNIST_SIZE) and patch is crop
+  position = (int(r0) - margin, int(c0) - margin) if unscaled else None
+  digit_shape = (min(DIGIT_BOX, round((r1 - r0) * scale)), min(DIGIT_BOX, round((c1 - c0) * scale)))
+  field = _centre_by_mass(patch, round(margin * scale), digit_shape, position)
+  return np.round(field * 255.0).astype(np.uint8)
+
+
+def preprocess_batch(sources) -> np.ndarray:
+  """Several inputs -> uint8 (N, 28, 28, 1); raises on the first bad one."""
+  return np.stack([preprocess(s) for s in sources])[..., None]
+
+
+# ---------------------------------------------------------------------------- test images
+
+
+def render_photo_like(digit: np.ndarray, rng: np.random.Generator, size: int = 0,
+                      quality: int = 0) -> Image.Image:
+  """An MNIST digit as a phone photo of it: dark ink on lit paper, off-centre, enlarged, JPEG.
+
+  `digit` is uint8 (28, 28[, 1]) white-on-black. The digit is enlarged to `size` pixels (default:
+  random 150-330) on an RGB sheet 1.3-2x larger, at a random place; the paper is tinted and
+  unevenly lit, the pixels get sensor noise, and the result is JPEG-compressed at `quality`
+  (default: random 60-90) and decoded again. Used by the tests and `experiments/make_samples.py`
+  to check `preprocess` against what people actually feed it.
+  """
+  import io  # pylint: disable=import-outside-toplevel
+  digit = np.asarray(digit, np.uint8).reshape(MNIST_SIZE, MNIST_SIZE)
+  size = size or int(rng.integers(150, 330))
+  ink = np.asarray(Image.fromarray(digit, 'L').resize((size, size), Image.Resampling.BICUBIC),
+                   np.float32) / 255.0
+  height, width = (int(size * rng.uniform(1.3, 2.0)) for _ in range(2))
+  top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+  sheet = np.zeros((height, width), np.float32)
+  sheet[top:top + size, left:left + size] = np.clip(ink, 0.0, 1.0)
+  y = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
+  x = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
+  light = rng.uniform(0.75, 0.92) * (1 + rng.uniform(-0.12, 0.12) * y + rng.uniform(-0.12, 0.12) * x)
+  paper = light[..., None] * np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 0.97)],
+                                      np.float32)
+  pen = np.array([0.12, 0.12, rng.uniform(0.15, 0.35)], np.float32)  # dark blue-black ink
+  rgb = paper * (1.0 - sheet[..., None]) + pen * sheet[..., None]
+  rgb += rng.standard_normal(rgb.shape, np.float32) * np.float32(rng.uniform(0.01, 0.03))
+  image = Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8), 'RGB')
+  buffer = io.BytesIO()
+  image.save(buffer, 'JPEG', quality=quality or int(rng.integers(60, 91)))
+  buffer.seek(0)
+  decoded = Image.open(buffer)
+  decoded.load()
+  return decoded

@@ -1,0 +1,145 @@
+"""Prediction (mnist_flax/predict.py, export.py, `mnist-flax predict`): checkpoint round trip,
+bad checkpoints and files, the CLI without TensorFlow, and the shipped pretrained model."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from mnist_flax import config as config_lib, data, export, predict, preprocess, train
+from mnist_flax.errors import CheckpointError
+
+SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))
+PRETRAINED = REPO / 'checkpoints' / 'pretrained'
+
+
+@pytest.fixture(scope='module')
+def mnist_test(idx_dir):
+  return export.mnist_test_set(idx_dir)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(idx_dir, tfds_dir, tmp_path_factory):
+  """A tiny model trained for real (2 epochs on 2,048 images), its state, and an export of it."""
+  from conftest import tiny_overrides
+  root = tmp_path_factory.mktemp('predict')
+  config = config_lib.apply_overrides(config_lib.default_config(),
+                                      tiny_overrides(idx_dir, tfds_dir, root / 'run'))
+  state = train.train_and_evaluate(config)
+  export.export_model(root / 'run', root / 'exported', idx_dir=str(idx_dir))
+  return {'config': config, 'state': state, 'run': root / 'run', 'exported': root / 'exported'}
+
+
+def test_checkpoint_round_trip_predicts_like_the_in_memory_model(tiny_run, mnist_test):
+  images, labels = mnist_test
+  state, config = tiny_run['state'], tiny_run['config']
+  from mnist_flax import models
+  in_memory = np.asarray(predict.predict(models.get_model(config), state.variables(), images[:512]))
+  summary = json.loads((tiny_run['run'] / 'summary.json').read_text())
+  for directory in (tiny_run['run'], tiny_run['exported']):
+    classifier = predict.load_classifier(directory)
+    # Restored onto this machine's first device, whatever the run was trained on (2 devices here).
+    assert {d for x in jax.tree.leaves(classifier.variables) for d in x.devices()} == {
+        jax.local_devices()[0]}
+    np.testing.assert_allclose(classifier.probabilities(images[:512]), in_memory, atol=1e-6)
+    accuracy = float((classifier.probabilities(images).argmax(1) == labels).mean())
+    assert accuracy == summary['test_accuracy'] > 0.5
+  exported = json.loads((tiny_run['exported'] / 'summary.json').read_text())
+  assert exported['export']['predict_test_accuracy'] == summary['test_accuracy']
+  # The export holds the weights only: far smaller than the run's checkpoint with Adam moments.
+  assert export.directory_size(tiny_run['exported']) < export.directory_size(
+      tiny_run['run'] / 'checkpoints') / 2
+
+
+def test_classify_takes_paths_arrays_and_pil_images(tiny_run, mnist_test, tmp_path):
+  images, _ = mnist_test
+  Image.fromarray(images[0]).save(tmp_path / 'digit.png')
+  classifier = predict.load_classifier(tiny_run['exported'])
+  results = classifier.classify([tmp_path / 'digit.png', images[0], Image.fromarray(images[0])],
+                                top_k=4)
+  assert len({r.label for r in results}) == 1 and results[0].source == str(tmp_path / 'digit.png')
+  for r in results:
+    assert len(r.top_k) == 4 and r.top_k[0] == (r.label, r.probability)
+    assert [p for _, p in r.top_k] == sorted((p for _, p in r.top_k), reverse=True)
+    assert r.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_array_equal(r.image, preprocess.preprocess(images[0]))
+  assert predict.classify([images[0]], workdir=tiny_run['exported'])[0].label == results[0].label
+
+
+def test_bad_checkpoint_directories_are_one_clear_error(tiny_run, tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  other = tmp_path / 'other_model'  # a run directory whose config names another architecture
+  shutil.copytree(tiny_run['exported'], other)
+  config = json.loads((other / 'config.json').read_text())
+  config['model_kwargs'] = {'features': [16, 16], 'hidden': 8}
+  (other / 'config.json').write_text(json.dumps(config))
+  unknown = tmp_path / 'unknown_model'
+  shutil.copytree(tiny_run['exported'], unknown)
+  (unknown / 'config.json').write_text(json.dumps(dict(config, model='resnet1000')))
+  corrupt = tmp_path / 'corrupt'
+  shutil.copytree(tiny_run['exported'], corrupt)
+  for path in (corrupt / 'variables').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(b'\0garbage' * 100)
+  no_steps = tmp_path / 'no_steps'
+  (no_steps / 'checkpoints').mkdir(parents=True)
+  shutil.copy(tiny_run['run'] / 'config.json', no_steps)
+  not_run = tmp_path / 'not_run'
+  not_run.mkdir()
+  (not_run / 'photo.png').write_bytes(b'x')
+  cases = {empty: 'is empty', other: 'of another model', unknown: "model 'resnet1000'",
+           corrupt: 'corrupt', no_steps: 'holds no checkpoint', not_run: 'no config.json',
+           tmp_path / 'missing': 'no such directory'}
+  for directory, message in cases.items():
+    with pytest.raises(CheckpointError, match=message) as info:
+      predict.load_classifier(directory)
+    assert str(directory) in str(info.value)
+
+
+def _run_predict(args, env):
+  """`mnist-flax predict ARGS` in a fresh process that also reports whether TF was imported."""
+  code = ('import sys; from mnist_flax import cli; rc = cli.main(sys.argv[1:]); '
+          'print("TENSORFLOW_IMPORTED" if any(m.split(".")[0] in ("tensorflow", '
+          '"tensorflow_datasets") for m in sys.modules) else "", file=sys.stderr); sys.exit(rc)')
+  return subprocess.run([sys.executable, '-c', code, 'predict', *map(str, args)],
+                        capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+
+
+def test_cli_predict_good_and_bad_files_without_tensorflow(tiny_run, tmp_path, real_data_env):
+  (tmp_path / 'notes.png').write_text('hello')
+  Image.new('L', (64, 64), 255).save(tmp_path / 'blank.png')
+  files = [SAMPLES[0], tmp_path / 'missing.png', tmp_path, tmp_path / 'notes.png',
+           tmp_path / 'blank.png', SAMPLES[-1]]
+  result = _run_predict(['--workdir', tiny_run['exported'], '--top-k', '2', '--show',
+                         tmp_path / 'show.png', *files], real_data_env)
+  assert result.returncode == 1, result.stderr
+  assert 'Traceback' not in result.stderr and 'TENSORFLOW_IMPORTED' not in result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert [line.split()[0] for line in lines] == [str(SAMPLES[0]), str(SAMPLES[-1])]
+  assert all(len(line.split()) >= 3 and 'top 2' in line for line in lines)
+  errors = [line for line in result.stderr.splitlines() if line.startswith('mnist-flax predict: error:')]
+  for path, message in zip(files[1:5], ('no such file', 'is a directory', 'not an image',
+                                        'no digit found')):
+    assert any(str(path) in e and message in e for e in errors), (path, errors)
+  assert len(errors) == 4
+  assert Image.open(tmp_path / 'show.png').size[1] > 200
+
+  result = _run_predict(['--workdir', tiny_run['exported'], '--json', SAMPLES[0], 'nope.png'],
+                        real_data_env)
+  rows = json.loads(result.stdout)
+  assert result.returncode == 1 and rows[0]['file'] == str(SAMPLES[0]) and 'error' in rows[1]
+  assert 0 <= rows[0]['label'] <= 9 and len(rows[0]['top_k']) == 3
+
+  result = _run_predict(['--workdir', tmp_path, SAMPLES[0]], real_data_env)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'no config.json' in result.stderr
+  result = _run_predict(['--top-k', '11', SAMPLES[0]], real_data_env)
+  assert result.returncode == 2 and 'from 1 to 10' in result.stderr

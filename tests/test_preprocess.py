@@ -1,0 +1,168 @@
+"""MNIST-style preprocessing (mnist_flax/preprocess.py): no model, numpy and Pillow only."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_flax import data, preprocess as pp
+from mnist_flax.errors import ImageError
+
+
+@pytest.fixture(scope='module')
+def mnist_test(idx_dir):
+  images = data.read_idx(idx_dir / 't10k-images-idx3-ubyte.gz')
+  labels = data.read_idx(idx_dir / 't10k-labels-idx1-ubyte.gz')
+  return images, labels
+
+
+def _similarity(a, b):
+  """Correlation of two 28x28 images (1 = same picture up to contrast), best over shifts of up to
+  one pixel: centring by mass rounds to whole pixels, as MNIST's own centring did."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64).ravel()
+  return max(float(np.corrcoef(np.roll(a, (dy, dx), (0, 1)).ravel(), b)[0, 1])
+             for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def _centre_of_mass(image):
+  image = np.asarray(image, np.float64)
+  rows, cols = np.mgrid[:28, :28]
+  return (image * rows).sum() / image.sum(), (image * cols).sum() / image.sum()
+
+
+def _large(digit, size=140, dark_on_light=True):
+  """The digit enlarged, as grey levels in [0, 1] on a larger sheet, off-centre."""
+  ink = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR),
+                   np.float32) / 255
+  sheet = np.zeros((size + 90, size + 40), np.float32)
+  sheet[70:70 + size, 10:10 + size] = ink
+  return 1.0 - sheet if dark_on_light else sheet
+
+
+def test_mnist_images_pass_through_essentially_unchanged(mnist_test):
+  images, _ = mnist_test
+  out = np.stack([pp.preprocess(x) for x in images[:300]])
+  diff = np.abs(out.astype(int) - images[:300].astype(int)).reshape(300, -1).max(1)
+  assert out.shape == (300, 28, 28) and out.dtype == np.uint8
+  # Mostly a grey level or two of contrast stretch; the rest differ only at faint edge pixels.
+  assert np.mean(diff <= 3) >= 0.95, np.bincount(diff)
+  assert min(_similarity(a, b) for a, b in zip(out, images[:300])) > 0.97
+
+
+def test_geometry_is_mnist_like(mnist_test):
+  digit = mnist_test[0][0]
+  out = pp.preprocess(_large(digit))
+  rows, cols = np.flatnonzero(out.max(1) > 25), np.flatnonzero(out.max(0) > 25)
+  assert 18 <= max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 21  # fits the 20x20 box
+  cy, cx = _centre_of_mass(out)
+  assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1  # centred by mass
+  assert out.max() == 255 and out[0].max() == 0 and out[:, 0].max() == 0  # white on black
+  assert _similarity(out, digit) > 0.9
+
+
+@pytest.mark.parametrize('kind', ['L', 'RGB', 'RGBA_black_ink', 'RGBA_white_ink', 'P', 'I;16',
+                                  '1', 'LA', 'light_on_dark', 'float_array', 'uint8_array',
+                                  'rgb_array', 'bool_array', 'hw1_array'])
+def test_any_mode_and_polarity_gives_the_same_digit(mnist_test, kind):
+  digit = mnist_test[0][3]  # a 0
+  grey = _large(digit)  # dark ink on light paper, [0, 1]
+  u8 = np.round(grey * 255).astype(np.uint8)
+  ink = 1.0 - grey
+  alpha = np.round(ink * 255).astype(np.uint8)
+  inputs = {
+      'L': Image.fromarray(u8, 'L'),
+      'RGB': Image.fromarray(np.stack([u8, u8, (u8 * 0.9).astype(np.uint8)], -1), 'RGB'),
+      # Drawing apps: opaque ink on a fully transparent canvas (the colour under it is arbitrary).
+      'RGBA_black_ink': Image.fromarray(np.dstack([np.zeros_like(u8)] * 3 + [alpha]), 'RGBA'),
+      'RGBA_white_ink': Image.fromarray(np.dstack([np.full_like(u8, 255)] * 3 + [alpha]), 'RGBA'),
+      'P': Image.fromarray(u8, 'L').convert('P'),
+      'I;16': Image.fromarray((grey * 65535).astype(np.uint16)),
+      '1': Image.fromarray(u8, 'L').point(lambda v: 255 if v > 127 else 0).convert('1'),
+      'LA': Image.fromarray(np.dstack([u8, np.full_like(u8, 255)]), 'LA'),
+      'light_on_dark': Image.fromarray(255 - u8, 'L'),
+      'float_array': grey,
+      'uint8_array': u8,
+      'rgb_array': np.stack([u8] * 3, -1),
+      'bool_array': grey < 0.5,  # True = ink... of a dark-on-light image: light ink on dark
+      'hw1_array': u8[..., None],
+  }
+  out = pp.preprocess(inputs[kind])
+  assert _similarity(out, digit) > 0.85, kind
+
+
+def test_files_of_every_format_and_exif_rotation(tmp_path, mnist_test):
+  digit = mnist_test[0][1]
+  grey = np.round(_large(digit) * 255).astype(np.uint8)
+  for name, kwargs in (('d.png', {}), ('d.jpg', {'quality': 85}), ('d.bmp', {}), ('d.gif', {}),
+                       ('d.tiff', {}), ('d.webp', {})):
+    Image.fromarray(grey).save(tmp_path / name, **kwargs)
+    assert _similarity(pp.preprocess(tmp_path / name), digit) > 0.9, name
+  # A phone stores the sensor's orientation in EXIF: a sideways JPEG with Orientation=6.
+  sideways = Image.fromarray(grey).transpose(Image.Transpose.ROTATE_90)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+  sideways.save(tmp_path / 'rotated.jpg', exif=exif, quality=90)
+  assert _similarity(pp.preprocess(tmp_path / 'rotated.jpg'), digit) > 0.9
+
+
+def test_photo_like_digits_look_like_the_originals(mnist_test):
+  images, _ = mnist_test
+  rng = np.random.default_rng(0)
+  scores = []
+  for digit in images[:40]:
+    photo = pp.render_photo_like(digit, rng)
+    assert photo.size[0] > 150 and photo.mode == 'RGB'
+    scores.append(_similarity(pp.preprocess(photo), digit))
+  assert np.median(scores) > 0.9 and min(scores) > 0.7, scores
+
+
+def _png_header_only(path, width, height):
+  """A PNG claiming `width` x `height` pixels (a decompression bomb's header), tiny on disk."""
+  def chunk(kind, body):
+    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+  ihdr = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+  idat = zlib.compress(b'\x00' * 64)
+  path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', idat)
+                   + chunk(b'IEND', b''))
+
+
+def test_bad_inputs_are_one_clear_error_naming_the_input(tmp_path):
+  good = io.BytesIO()
+  Image.fromarray(np.round(_large(np.eye(28, dtype=np.uint8) * 255) * 255).astype(np.uint8)).save(
+      good, 'PNG')
+  (tmp_path / 'truncated.png').write_bytes(good.getvalue()[:len(good.getvalue()) // 2])
+  (tmp_path / 'notes.png').write_text('not an image at all\n')
+  (tmp_path / 'empty.jpg').write_bytes(b'')
+  Image.new('L', (200, 100), 255).save(tmp_path / 'white.png')
+  Image.new('RGB', (50, 50), (0, 0, 0)).save(tmp_path / 'black.png')
+  noisy = np.clip(0.8 + np.random.default_rng(0).normal(0, 0.02, (120, 160)), 0, 1)
+  Image.fromarray((noisy * 255).astype(np.uint8)).save(tmp_path / 'blank_paper_photo.png')
+  _png_header_only(tmp_path / 'bomb.png', 30000, 30000)  # Pillow's own limit trips first
+  _png_header_only(tmp_path / 'huge.png', 10000, 8000)  # under Pillow's limit, over ours
+  (tmp_path / 'folder.png').mkdir()
+  cases = {
+      'missing.png': 'no such file',
+      'folder.png': 'is a directory',
+      'notes.png': 'not an image file',
+      'empty.jpg': 'not an image file',
+      'truncated.png': 'cannot decode image',
+      'white.png': 'no digit found',
+      'black.png': 'no digit found',
+      'blank_paper_photo.png': 'no digit found',
+      'bomb.png': 'image too large',
+      'huge.png': 'image too large: 10000x8000',
+  }
+  for name, message in cases.items():
+    with pytest.raises(ImageError, match=message) as info:
+      pp.preprocess(tmp_path / name)
+    assert str(tmp_path / name) in str(info.value), name
+  for array, message in ((np.zeros((2, 3, 28, 28)), 'expected an image array'),
+                         (np.full((28, 28), np.nan), 'NaN'), (np.zeros((28, 28)), 'no digit'),
+                         (np.array([['a']]), 'dtype')):
+    with pytest.raises(ImageError, match=message):
+      pp.preprocess(array)
+  with pytest.raises(ImageError, match='expected a file path'):
+    pp.preprocess(12)
