@@ -145,6 +145,24 @@ def _require(cond: bool, field: str, value: Any, valid: str):
     raise ConfigError(f'config.{field}={value!r} is invalid: {valid}')
 
 
+def _validate_augment(augment) -> None:
+  """The `config.augment` section (issue #5): strengths are maxima of uniform draws."""
+  if augment is None:
+    return
+  for key in ('translate', 'rotate', 'scale', 'shear', 'elastic_alpha'):
+    _require(augment.get(key, 0.0) >= 0, f'augment.{key}', augment.get(key), 'must be >= 0 (0 = off)')
+  _require(augment.get('translate', 0.0) <= 14, 'augment.translate', augment.get('translate'),
+           'must be at most 14 pixels (half the image)')
+  _require(augment.get('rotate', 0.0) <= 180, 'augment.rotate', augment.get('rotate'),
+           'must be at most 180 degrees')
+  _require(augment.get('scale', 0.0) < 1, 'augment.scale', augment.get('scale'),
+           'must be < 1 (the zoom factor is drawn from [1 - scale, 1 + scale])')
+  _require(augment.get('shear', 0.0) < 90, 'augment.shear', augment.get('shear'),
+           'must be < 90 degrees')
+  _require(augment.get('elastic_sigma', 4.0) > 0, 'augment.elastic_sigma',
+           augment.get('elastic_sigma'), 'must be > 0 pixels')
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError for the first problem found; returns None when the config is valid.
 
@@ -170,6 +188,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _require(get('warmup_epochs') >= 0, 'warmup_epochs', get('warmup_epochs'), 'must be >= 0')
   _require(0 <= get('label_smoothing') < 1, 'label_smoothing', get('label_smoothing'),
            'must be in [0, 1)')
+  _require(0 <= get('ema_decay') < 1, 'ema_decay', get('ema_decay'), 'must be in [0, 1) (0 = off)')
+  _validate_augment(get('augment'))
   _require(get('batch_size') >= 1, 'batch_size', get('batch_size'), 'must be >= 1')
   _require(get('eval_batch_size') >= 1, 'eval_batch_size', get('eval_batch_size'), 'must be >= 1')
   _require(get('num_epochs') >= 1, 'num_epochs', get('num_epochs'), 'must be >= 1')

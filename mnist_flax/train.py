@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from mnist_flax import checkpoints, config as config_lib, data, models, report, sharding
+from mnist_flax import augment, checkpoints, config as config_lib, data, models, report, sharding
 from mnist_flax.errors import NonFiniteLossError
 from mnist_flax.predict import predict_logits, to_float
 
@@ -100,22 +100,37 @@ def make_optimizer(config, steps_per_epoch: int):
 
 
 class TrainState(train_state.TrainState):
-  """Optax TrainState plus the model's batch statistics (empty dict when it has none)."""
+  """Optax TrainState plus the model's batch statistics (empty dict when it has none) and, when
+  `config.ema_decay` > 0, an exponential moving average of both (`ema`, else an empty dict)."""
   batch_stats: Any = flax.core.FrozenDict()
+  ema: Any = flax.core.FrozenDict()
 
-  def variables(self) -> dict:
-    """The variables for inference."""
+  def raw_variables(self) -> dict:
+    """The current (non-averaged) variables."""
     if self.batch_stats:
       return {'params': self.params, 'batch_stats': self.batch_stats}
     return {'params': self.params}
+
+  def variables(self) -> dict:
+    """The variables for inference: the EMA weights when EMA is on, else the current ones."""
+    return dict(self.ema) if self.ema else self.raw_variables()
+
+
+def ema_update(ema, variables: dict, decay: float, step):
+  """One EMA step, warmed up (TF's num_updates rule) so early averages are not stuck at init."""
+  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, v: decay * e + (1.0 - decay) * v, ema, variables)
 
 
 def create_train_state(config, model, rng, steps_per_epoch: int) -> TrainState:
   variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros((1,) + data.IMAGE_SHAPE),
                          train=False)
   tx, _ = make_optimizer(config, steps_per_epoch)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables.get('batch_stats', flax.core.FrozenDict()))
+  state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                            batch_stats=variables.get('batch_stats', flax.core.FrozenDict()))
+  if config.get('ema_decay', 0.0) > 0:
+    state = state.replace(ema=jax.tree.map(jnp.copy, state.raw_variables()))
+  return state
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -145,6 +160,10 @@ def train_step(state: TrainState, metrics: dict, images, labels, perm, index, *,
   y = labels[idx]
   x, y = (jax.lax.with_sharding_constraint(v, batch_sharding) for v in (x, y))
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), state.step)
+  # A no-op (nothing traced) unless config.augment sets a strength; its own key, so turning
+  # augmentation on leaves the dropout masks unchanged.
+  x = augment.augment_batch(jax.random.fold_in(rng, 1), x,
+                            augment.AugmentSpec.from_config(config.get('augment')))
 
   def loss_fn(params):
     variables = {'params': params}
@@ -161,6 +180,9 @@ def train_step(state: TrainState, metrics: dict, images, labels, perm, index, *,
   new_state = state.apply_gradients(grads=grads)
   if state.batch_stats:
     new_state = new_state.replace(batch_stats=updates['batch_stats'])
+  if state.ema:
+    new_state = new_state.replace(ema=ema_update(state.ema, new_state.raw_variables(),
+                                                 config.ema_decay, state.step))
   correct = jnp.sum(jnp.argmax(logits, -1) == y)
   metrics = {'loss': metrics['loss'] + loss * bs, 'correct': metrics['correct'] + correct,
              'count': metrics['count'] + bs}
@@ -324,6 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
           f'training loss became {train_loss} in epoch {epoch + 1} (by step {step}); the learning '
           f'rate ({config.learning_rate}) is probably too high. No checkpoint was written for it.')
     test = test_eval(state.variables())
+    if state.ema:  # what the EMA adds, measured on the same run
+      test_raw = test_eval(state.raw_variables())
     record = {'epoch': epoch + 1, 'step': step, 'train_loss': train_loss,
               'train_accuracy': int(train['correct']) / max(int(train['count']), 1),
               'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
@@ -331,6 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     if val_eval is not None:
       val = val_eval(state.variables())
       record.update(validation_loss=val['loss'], validation_accuracy=val['accuracy'])
+    if state.ema:
+      record.update(test_accuracy_raw=test_raw['accuracy'], test_loss_raw=test_raw['loss'])
     history.append(record)
     train_seconds += seconds
     metrics_acc = jax.device_put(zero_metrics(), replicated)
