@@ -205,6 +205,17 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
            get('checkpoint_every_seconds'), 'must be >= 0 (0 = off)')
   _require(get('cpu_devices') >= -1, 'cpu_devices', get('cpu_devices'),
            '-1 (one per core), 0 (leave JAX alone) or a device count')
+  # Several processes (mnist_flax/distributed.py checks the combination with the environment).
+  _require(get('distributed') in ('auto', 'cluster', 'off'), 'distributed', get('distributed'),
+           "'auto', 'cluster' or 'off'")
+  _require(get('num_processes') >= 0, 'num_processes', get('num_processes'),
+           'must be >= 0 (0 = from $JAX_NUM_PROCESSES, else one process)')
+  _require(get('process_id') >= -1, 'process_id', get('process_id'),
+           'must be >= -1 (-1 = from $JAX_PROCESS_ID)')
+  _require(get('num_processes') == 0 or get('process_id') < get('num_processes'), 'process_id',
+           get('process_id'), f'must be < config.num_processes ({get("num_processes")})')
+  _require(not get('coordinator_address') or ':' in get('coordinator_address'),
+           'coordinator_address', get('coordinator_address'), "expected 'host:port' of process 0")
   if num_devices is not None:
     _require(get('batch_size') % num_devices == 0, 'batch_size', get('batch_size'),
              f'must be divisible by the number of devices ({num_devices})')

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from mnist_flax import augment, checkpoints, config as config_lib, data, models, report, sharding
+from mnist_flax import augment, checkpoints, config as config_lib, data, distributed, models, report, sharding
 from mnist_flax.errors import NonFiniteLossError
 from mnist_flax.predict import predict_logits, to_float
 
@@ -151,14 +151,27 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
   return jax.random.permutation(key, num_examples)
 
 
+def gather_batch(images, labels, perm, index, batch_size: int, batch_sharding):
+  """Batch `index` of the permutation `perm`: float images and labels, sharded along `data`.
+
+  Why an on-device gather from replicated arrays rather than `make_array_from_process_local_data`
+  with host-side batches: MNIST (55 MB) fits on every device, so no step ever copies images from
+  the host, and the batch order is one global permutation whatever the number of devices or
+  processes (same seed -> same batches on 1 CPU or a pod; a resumed run sees the same batches).
+  Each process still only produces its share: the sharding constraint lets XLA partition the
+  gather, so every device gathers just its `batch_size / num_devices` rows.
+  """
+  idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
+  x = to_float(images[idx])
+  y = labels[idx]
+  return tuple(jax.lax.with_sharding_constraint(v, batch_sharding) for v in (x, y))
+
+
 def train_step(state: TrainState, metrics: dict, images, labels, perm, index, *,
                model, config, batch_sharding):
   """One optimizer step on batch `index` of `perm`; returns (state, metrics)."""
   bs = config.batch_size
-  idx = jax.lax.dynamic_slice_in_dim(perm, index * bs, bs)
-  x = to_float(images[idx])
-  y = labels[idx]
-  x, y = (jax.lax.with_sharding_constraint(v, batch_sharding) for v in (x, y))
+  x, y = gather_batch(images, labels, perm, index, bs, batch_sharding)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), state.step)
   # A no-op (nothing traced) unless config.augment sets a strength; its own key, so turning
   # augmentation on leaves the dropout masks unchanged.
@@ -189,6 +202,18 @@ def train_step(state: TrainState, metrics: dict, images, labels, perm, index, *,
   return new_state, metrics
 
 
+def make_train_step(config, model, mesh):
+  """`train_step` jitted for `mesh`: batch sharded along `data`, state and metrics donated.
+
+  Parameters and optimizer state come in and go out replicated, so XLA all-reduces the gradients
+  over every device of the mesh (of every process) inside the step.
+  """
+  return jax.jit(
+      functools.partial(train_step, model=model, config=config,
+                        batch_sharding=sharding.data_sharded(mesh)),
+      out_shardings=sharding.replicated(mesh), donate_argnums=(0, 1))
+
+
 def eval_step(variables, images, labels, mask, *, model):
   """Summed loss and correct predictions over the unmasked examples of one batch."""
   logits = predict_logits(model, variables, images)
@@ -217,7 +242,7 @@ class Evaluator:
     self.images, self.labels, self.mask = put(images), put(labels), put(mask)
     self.num_examples = n
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))  # every process reads
     def evaluate(variables, images, labels, mask):
       def body(totals, batch):
         out = eval_step(variables, *batch, model=model)
@@ -264,6 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     config.workdir = str(workdir)
   config_lib.validate_config(config)
   sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
+  distributed.initialize(config)  # several processes: before anything touches the devices
   mesh = sharding.make_mesh()
   config_lib.validate_config(config, num_devices=mesh.devices.size)
   workdir = config_lib.resolve_workdir(config)
@@ -308,10 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   val_eval = (Evaluator(datasets.validation, model, mesh, config.eval_batch_size)
               if datasets.validation is not None else None)
 
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, config=config,
-                        batch_sharding=sharding.data_sharded(mesh)),
-      donate_argnums=(0, 1))
+  step_fn = make_train_step(config, model, mesh)
   permutation = jax.jit(functools.partial(epoch_permutation, config.seed, num_examples=n_train),
                         out_shardings=replicated)
 
@@ -388,6 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                             schedule=report.schedule_points(schedule, total_steps))
   writer.close()
   ckpt.close()
+  distributed.barrier('train_and_evaluate_done')  # others may read what process 0 wrote
   return state
 
 

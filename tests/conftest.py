@@ -50,6 +50,16 @@ def real_data_env(idx_dir, tfds_dir):
   return env
 
 
+@pytest.fixture(scope='session')
+def prepared_data_env(real_data_env, idx_dir, tfds_dir):
+  """`real_data_env` with the data already prepared in `tfds_dir` (here, once): subprocesses
+  started together then only read it (two preparing the same TFDS folder at once collide)."""
+  from mnist_flax import config as config_lib, data  # pylint: disable=import-outside-toplevel
+  data.load_datasets(config_lib.apply_overrides(config_lib.default_config(), [
+      f'idx_dir={idx_dir}', f'tfds_data_dir={tfds_dir}', 'data_source=idx']))
+  return real_data_env
+
+
 def tiny_overrides(idx_dir, tfds_dir, workdir):
   """A config small enough to train in seconds: a narrow CNN on 2,048 images."""
   return [
