@@ -1,30 +1,56 @@
-"""Orbax checkpoints of a run directory: save, resume, restore on any machine.
+"""Orbax checkpoints of a run directory: save, resume, keep latest + best, restore anywhere, survive faults.
 
 Layout of a run directory (`config.workdir`):
 
     config.json            the resolved config (what `eval`/`predict` rebuild the model from)
     checkpoints/<step>/    Orbax steps, items: `state` (the whole TrainState plus the
-                           on-device metric accumulators) and `meta` (JSON: epoch, step, ...)
+                           on-device metric accumulators) and `meta` (JSON: epoch, step, the
+                           metrics history so far, validation metrics, a checksum of `state`)
+    train.lock             flock-ed by the training that owns the directory (holds its pid)
+    skipped_checkpoints/   corrupt steps moved out of the way by a resuming training
     metrics.jsonl, summary.json, curves.png, tensorboard/   (see report.py)
 
 Restoring always goes through an abstract target built on the current machine, with the
 current mesh's shardings: a state saved by 8 devices or 2 processes restores onto 1 CPU (or the
 other way round). Nothing is ever unpickled.
+
+Faults, and why they are survived:
+
+* Killed at any moment, mid-write included: Orbax writes a step into `<step>.orbax-checkpoint-tmp-*`
+  and renames it into place only when complete, so an interrupted write never shows up as a step.
+* Corrupt or truncated on disk: every step's `meta` carries a sha256 of the state it was written
+  with; a step that fails to restore or to match it is skipped with a warning naming it, and the
+  next older good step is used.
+* Non-finite values are never saved: `save` checks every leaf on the host copy it makes anyway.
+* A failed write (disk full, permissions) is one `CheckpointError`; earlier steps stay untouched.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
+import hashlib
 import json
+import logging
+import os
 import pathlib
+import shutil
+import socket
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from mnist_flax.errors import CheckpointError, NonFiniteLossError
+
 CHECKPOINT_DIR = 'checkpoints'
-
-
-from mnist_flax.errors import CheckpointError  # noqa: F401  (re-exported)
+LOCK_FILE = 'train.lock'
+SKIPPED_DIR = 'skipped_checkpoints'
+# Validation metrics that can pick the 'best' checkpoint, with whether larger is better.
+BEST_METRICS = {'validation_accuracy': True, 'validation_loss': False}
+SELECTIONS = ('latest', 'best')
 
 
 def abstract_like(tree, sharding):
@@ -32,38 +58,292 @@ def abstract_like(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-class RunCheckpointer:
-  """The run's CheckpointManager: keeps the latest `keep` steps."""
+# ---------------------------------------------------------------------------- host-side checks
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
-    self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
+
+def _host_leaves(tree) -> Optional[list[tuple[str, np.ndarray]]]:
+  """(path, host array) per leaf; None when some leaf is sharded across processes.
+
+  Parameters and optimizer state are replicated, so any local replica is the whole value and
+  the checksum does not depend on how many devices or processes wrote it.
+  """
+  out = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      if not leaf.sharding.is_fully_replicated:
+        return None
+      leaf = leaf.addressable_shards[0].data
+    out.append((jax.tree_util.keystr(path), np.asarray(leaf)))
+  return out
+
+
+def _digest(leaves: list[tuple[str, np.ndarray]]) -> str:
+  h = hashlib.sha256()
+  for name, arr in leaves:
+    h.update(f'{name}:{arr.dtype}:{arr.shape};'.encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+  return h.hexdigest()
+
+
+def _nonfinite(leaves: list[tuple[str, np.ndarray]]) -> list[str]:
+  return [name for name, arr in leaves
+          if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all()]
+
+
+def state_digest(tree) -> Optional[str]:
+  """sha256 of every leaf's bytes (None when the tree is sharded across processes)."""
+  leaves = _host_leaves(tree)
+  return None if leaves is None else _digest(leaves)
+
+
+# ---------------------------------------------------------------------------- the manager
+
+
+class RunCheckpointer:
+  """The run's CheckpointManager: keeps the latest `keep` steps and the best by `best_metric`.
+
+  `read_only=True` (eval, predict, inspection) never creates, deletes or moves anything.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, keep: int = 2,
+               best_metric: str = 'validation_accuracy', read_only: bool = False):
+    self.workdir = pathlib.Path(workdir).resolve()
+    self.directory = self.workdir / CHECKPOINT_DIR
+    self.keep = keep
+    self.best_metric = best_metric
+    self.read_only = read_only
+    if read_only and not self.directory.is_dir():
+      raise CheckpointError(f'{self.directory} does not exist: {self.workdir} holds no checkpoint; '
+                            f'train first (mnist-flax train --config.workdir={self.workdir})')
+    # Retention is ours (latest N plus the best), so Orbax keeps everything it is given.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'meta'))
+        max_to_keep=None, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_names=('state', 'meta'))
+    except OSError as e:
+      raise CheckpointError(f'cannot use {self.directory}: {e}') from None
+    self._metas: dict[int, Optional[dict]] = {}
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    return sorted(self.manager.all_steps())
+
+  # -- meta and the best step
+
+  def read_meta(self, step: int) -> Optional[dict]:
+    """The `meta` JSON of `step`, or None when it cannot be read (cached)."""
+    if step not in self._metas:
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        self._metas[step] = dict(restored.meta)
+      except Exception:  # pylint: disable=broad-except  (any unreadable meta: not a candidate)
+        self._metas[step] = None
+    return self._metas[step]
+
+  def best_step(self) -> Optional[int]:
+    """The step with the best validation metric (None when no step was validated)."""
+    larger_is_better = BEST_METRICS[self.best_metric]
+    scored = []
+    for step in self.all_steps():
+      value = ((self.read_meta(step) or {}).get('validation') or {}).get(self.best_metric)
+      if value is not None and np.isfinite(value):
+        scored.append(((value if larger_is_better else -value), step))
+    return max(scored)[1] if scored else None  # ties: the later step
+
+  def _prune(self) -> None:
+    """Deletes every step that is neither among the latest `keep` nor the best."""
+    steps = self.all_steps()
+    keep = set(steps[-self.keep:]) | {self.best_step()}
+    for step in steps:
+      if step not in keep:
+        self.manager.delete(step)
+        self._metas.pop(step, None)
+
+  # -- save
 
   def save(self, step: int, state: Any, meta: dict, force: bool = True) -> bool:
-    saved = self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
-    self.manager.wait_until_finished()
+    """Writes `state` and `meta` as `step`, then prunes. Refuses non-finite state.
+
+    Raises NonFiniteLossError (nothing written) or CheckpointError (the write failed; the
+    earlier steps are intact).
+    """
+    leaves = _host_leaves(state)
+    if leaves is not None:
+      bad = _nonfinite(leaves)
+      if bad:
+        raise NonFiniteLossError(
+            f'step {step}: non-finite values in {", ".join(bad[:3])}'
+            f'{" ..." if len(bad) > 3 else ""}; not saved, the checkpoints already in '
+            f'{self.directory} are kept (latest: step {self.latest_step()})')
+    meta = dict(meta, step=step, digest=None if leaves is None else _digest(leaves))
+    previous = self.latest_step()
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+      self.manager.wait_until_finished()
+    except Exception as e:  # disk full, permissions, I/O: Orbax only ever wrote a tmp dir
+      raise CheckpointError(
+          f'could not write checkpoint step {step} into {self.directory}: {_short(e)}. The earlier '
+          f'checkpoints are intact (latest: step {previous}); free disk space or fix permissions, '
+          'then rerun the same command to resume') from e
+    self._metas[step] = meta
+    self._prune()
     return saved
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict]:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f'no checkpoint in {self.directory}')
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored.state, dict(restored.meta)
+  # -- restore
+
+  def _restore_verified(self, abstract_state: Any, step: int) -> tuple[Any, dict]:
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      meta = dict(restored.meta)
+    except Exception as e:  # truncated/corrupt files surface as many different errors
+      raise CheckpointError(f'step {step} does not restore ({_short(e)})') from e
+    expected = meta.get('digest')
+    if expected is not None and state_digest(restored.state) not in (None, expected):
+      raise CheckpointError(f'step {step} does not match the checksum written with it '
+                            '(its files changed on disk)')
+    return restored.state, meta
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None,
+              move_aside: bool = False) -> tuple[Any, dict]:
+    """Restores `step`, or (None) the newest step that restores and verifies.
+
+    Steps newer than the one used are skipped with a warning naming each and why; with
+    `move_aside` (the training that owns the directory) they are moved to `skipped_checkpoints/`
+    so that the resumed run can write those steps again.
+    """
+    if step is not None:
+      if step not in self.all_steps():
+        raise CheckpointError(f'no checkpoint step {step} in {self.directory} '
+                              f'(steps: {self.all_steps() or "none"})')
+      return self._restore_verified(abstract_state, step)
+    skipped = []
+    for candidate in reversed(self.all_steps()):
+      try:
+        state, meta = self._restore_verified(abstract_state, candidate)
+      except CheckpointError as e:
+        skipped.append((candidate, str(e)))
+        continue
+      if skipped:
+        self._skip(skipped, candidate, move_aside)
+      return state, meta
+    if skipped:
+      raise CheckpointError(f'no usable checkpoint in {self.directory}: '
+                            + '; '.join(reason for _, reason in skipped))
+    raise CheckpointError(f'no checkpoint in {self.directory}')
+
+  def _skip(self, skipped: list[tuple[int, str]], used: int, move_aside: bool) -> None:
+    where = ''
+    if move_aside and not self.read_only and jax.process_index() == 0:
+      stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S')
+      target = self.workdir / SKIPPED_DIR
+      target.mkdir(exist_ok=True)
+      for step, _ in skipped:
+        shutil.move(str(self.directory / str(step)), str(target / f'{step}-{stamp}'))
+        self._metas.pop(step, None)
+      self.manager.reload()
+      where = f' (moved to {target})'
+    for step, reason in skipped:
+      logging.warning('skipped checkpoint %s: %s; using step %d instead%s',
+                      self.directory / str(step), reason, used, where)
 
   def close(self):
     self.manager.close()
+
+
+def _short(e: Exception, limit: int = 300) -> str:
+  text = f'{type(e).__name__}: {e}'.replace('\n', ' ')
+  return text if len(text) <= limit else text[:limit] + ' ...'
+
+
+def select_step(workdir: str | pathlib.Path, which: str | int = 'latest',
+                best_metric: Optional[str] = None) -> int:
+  """The step of a run directory that `which` ('latest', 'best' or a step number) names.
+
+  'best' is the step with the best validation metric (config.best_metric of the run); it needs a
+  run trained with config.validation_size > 0. Raises CheckpointError when there is none.
+  """
+  if isinstance(which, str) and which.isdigit():
+    which = int(which)
+  if not isinstance(which, int) and which not in SELECTIONS:
+    raise CheckpointError(f'checkpoint {which!r}: expected one of {SELECTIONS} or a step number')
+  if best_metric is None:
+    try:
+      best_metric = read_run_config(workdir).get('best_metric', 'validation_accuracy')
+    except CheckpointError:
+      best_metric = 'validation_accuracy'
+  ckpt = RunCheckpointer(workdir, best_metric=best_metric, read_only=True)
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise CheckpointError(f'{ckpt.directory} holds no checkpoint; train first '
+                            f'(mnist-flax train --config.workdir={workdir})')
+    if isinstance(which, int):
+      if which not in steps:
+        raise CheckpointError(f'no checkpoint step {which} in {ckpt.directory} (steps: {steps})')
+      return which
+    if which == 'latest':
+      return steps[-1]
+    best = ckpt.best_step()
+    if best is None:
+      raise CheckpointError(f'{workdir} has no best checkpoint: none of its steps {steps} was '
+                            'validated (train with --config.validation_size > 0)')
+    return best
+  finally:
+    ckpt.close()
+
+
+# Fields that may change between a run and its resume: where things are, how often to save, how
+# the work is spread over devices. Every other field changes the numbers, so a run directory
+# refuses a config that differs in any of them (new fields are covered without listing them).
+RESUMABLE_FIELDS = frozenset({
+    'name', 'workdir', 'data_source', 'idx_dir', 'tfds_data_dir', 'eval_batch_size',
+    'keep_checkpoints', 'checkpoint_every_steps', 'checkpoint_every_seconds', 'best_metric',
+    'cpu_devices', 'sync_every_steps', 'progress_bar', 'distributed', 'coordinator_address',
+    'num_processes', 'process_id'})
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_differences(saved: dict, current: dict, defaults: dict) -> list[str]:
+  """'field: run has X, this config has Y' for every result-changing field that differs.
+
+  A field the saved run lacks (it predates the field) counts as the default value.
+  """
+  saved, current, defaults = _flatten(saved), _flatten(current), _flatten(defaults)
+  diffs = []
+  for key in sorted(set(saved) | set(current)):
+    if key.split('.')[0] in RESUMABLE_FIELDS:
+      continue
+    was, now = saved.get(key, defaults.get(key)), current.get(key, defaults.get(key))
+    if json.dumps(was, sort_keys=True) != json.dumps(now, sort_keys=True):
+      diffs.append(f'config.{key}: run has {was!r}, this config has {now!r}')
+  return diffs
+
+
+def check_same_run(workdir: str | pathlib.Path, current: dict, defaults: dict) -> None:
+  """Raises CheckpointError when `workdir` holds a run of a config that differs from `current`."""
+  saved = read_run_config(workdir).to_dict()
+  diffs = config_differences(saved, current, defaults)
+  if diffs:
+    raise CheckpointError(
+        f'{workdir} holds a run of a different config ({"; ".join(diffs[:4])}'
+        f'{"; ..." if len(diffs) > 4 else ""}); train into another --config.workdir, or start '
+        'fresh with `mnist-flax train --fresh` (train_and_evaluate(config, fresh=True)), which '
+        'moves the old run aside')
 
 
 def read_run_config(workdir: str | pathlib.Path):
@@ -77,3 +357,75 @@ def read_run_config(workdir: str | pathlib.Path):
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f'{path} is not valid JSON ({e})') from None
+
+
+# ---------------------------------------------------------------------------- the workdir lock
+
+
+class WorkdirLock:
+  """An exclusive `flock` on `<workdir>/train.lock`: one training per run directory.
+
+  The kernel drops the lock when its holder dies, SIGKILL included, so a lock file left by a
+  killed run never blocks the rerun; the pid written into it only makes the refusal readable.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self.workdir = pathlib.Path(workdir)
+    self.path = self.workdir / LOCK_FILE
+    self._fd: Optional[int] = None
+
+  def acquire(self) -> 'WorkdirLock':
+    try:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise CheckpointError(f'cannot write to run directory {self.workdir}: '
+                            f'{e.strerror or e}; choose a writable --config.workdir') from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'unknown process'
+      os.close(fd)
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise CheckpointError(f'cannot lock {self.path}: {e.strerror}') from None
+      raise CheckpointError(
+          f'{self.workdir} is in use by another training ({holder}); wait for it to finish or '
+          'stop it, or train into another --config.workdir') from None
+    info = {'pid': os.getpid(), 'host': socket.gethostname(),
+            'since': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps(info).encode(), 0)
+    except OSError as e:  # e.g. disk full: refuse now rather than fail at the first checkpoint
+      os.close(fd)
+      raise CheckpointError(f'cannot write to run directory {self.workdir}: {e.strerror}') from None
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # closing the descriptor drops the flock
+      self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def move_run_aside(workdir: str | pathlib.Path) -> Optional[pathlib.Path]:
+  """Starts a run directory fresh: moves its contents (not the lock) to a sibling folder.
+
+  Returns the folder it moved them to (None when there was nothing to move). Nothing is deleted.
+  """
+  workdir = pathlib.Path(workdir)
+  entries = [p for p in workdir.iterdir() if p.name != LOCK_FILE] if workdir.is_dir() else []
+  if not entries:
+    return None
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S')
+  target = workdir.with_name(f'{workdir.name}.replaced-{stamp}')
+  target.mkdir()
+  for entry in entries:
+    shutil.move(str(entry), str(target / entry.name))
+  return target

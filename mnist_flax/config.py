@@ -203,6 +203,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
            get('checkpoint_every_steps'), 'must be >= 0 (0 = once per epoch)')
   _require(get('checkpoint_every_seconds') >= 0, 'checkpoint_every_seconds',
            get('checkpoint_every_seconds'), 'must be >= 0 (0 = off)')
+  _require(get('best_metric') in ('validation_accuracy', 'validation_loss'), 'best_metric',
+           get('best_metric'), "'validation_accuracy' or 'validation_loss'")
+  _require(0 <= get('seed') < 2**31 - 1, 'seed', get('seed'), 'must be in [0, 2**31 - 1)')
+  _require(get('sync_every_steps') >= 0, 'sync_every_steps', get('sync_every_steps'),
+           'must be >= 0 (0 = never wait)')
+  _require(get('train_limit') <= 60000, 'train_limit', get('train_limit'),
+           'must be at most 60000 (the MNIST training set; 0 = all)')
+  _require(bool(get('name')) and '/' not in get('name'), 'name', get('name'),
+           'a non-empty name without "/" (the default run directory is checkpoints/<name>)')
   _require(get('cpu_devices') >= -1, 'cpu_devices', get('cpu_devices'),
            '-1 (one per core), 0 (leave JAX alone) or a device count')
   # Several processes (mnist_flax/distributed.py checks the combination with the environment).

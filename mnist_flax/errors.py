@@ -25,6 +25,14 @@ class NonFiniteLossError(MnistFlaxError, FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
+class PreemptedError(MnistFlaxError):
+  """SIGTERM/SIGINT stopped training after a checkpoint was saved; rerun to resume."""
+
+  def __init__(self, message: str, signum: int = 15):
+    super().__init__(message)
+    self.signum = signum
+
+
 class ImageError(MnistFlaxError, ValueError):
   """An input image is missing, unreadable, blank or too large."""
 

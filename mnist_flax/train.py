@@ -16,6 +16,7 @@ The data flow, and why:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -34,6 +35,7 @@ import optax
 from flax.training import train_state
 
 from mnist_flax import augment, checkpoints, config as config_lib, data, distributed, models, report, sharding
+from mnist_flax import preemption
 from mnist_flax.errors import NonFiniteLossError
 from mnist_flax.predict import predict_logits, to_float
 
@@ -145,6 +147,15 @@ def zero_metrics() -> dict:
           'count': jnp.zeros((), jnp.int32)}
 
 
+def train_metrics() -> dict:
+  """zero_metrics() plus `first_nonfinite`: the first step whose loss was NaN/Inf (-1: none).
+
+  It stays on the device and is read only where the loop syncs anyway (checkpoints, epoch ends),
+  so a non-finite loss is caught, and its step named, without a host sync per step.
+  """
+  return dict(zero_metrics(), first_nonfinite=jnp.full((), -1, jnp.int32))
+
+
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
   """The order of training examples in `epoch`; a pure function of (seed, epoch)."""
   key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
@@ -197,8 +208,12 @@ def train_step(state: TrainState, metrics: dict, images, labels, perm, index, *,
     new_state = new_state.replace(ema=ema_update(state.ema, new_state.raw_variables(),
                                                  config.ema_decay, state.step))
   correct = jnp.sum(jnp.argmax(logits, -1) == y)
+  first_bad = metrics.get('first_nonfinite')  # see train_metrics()
   metrics = {'loss': metrics['loss'] + loss * bs, 'correct': metrics['correct'] + correct,
              'count': metrics['count'] + bs}
+  if first_bad is not None:
+    metrics['first_nonfinite'] = jnp.where((first_bad < 0) & ~jnp.isfinite(loss),
+                                           state.step, first_bad)
   return new_state, metrics
 
 
@@ -270,20 +285,65 @@ def _progress(total: int, desc: str, enabled: bool):
               disable=not (enabled and sys.stderr.isatty()))
 
 
-def _config_fingerprint(config) -> dict:
-  """Fields that must match for a run directory to be resumed with a config."""
-  keys = ('model', 'model_kwargs', 'optimizer', 'batch_size', 'seed', 'dtype', 'train_limit',
-          'validation_size', 'num_epochs', 'learning_rate', 'schedule')
-  plain = json.loads(config.to_json())
-  return {k: plain.get(k) for k in keys}
+# -- checkpoint policy (issue #7): what is saved when, and what a resume restores.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None) -> TrainState:
+def _saved_metrics(metrics_acc: dict) -> dict:
+  """The accumulators a checkpoint holds (first_nonfinite is always -1 there: never saved)."""
+  return {k: metrics_acc[k] for k in zero_metrics()}
+
+
+def _resume(ckpt, state, metrics_acc, replicated, workdir):
+  """The newest good checkpoint (corrupt newer ones skipped): (state, metrics_acc, history)."""
+  target = checkpoints.abstract_like({'state': state, 'metrics': _saved_metrics(metrics_acc)},
+                                     replicated)
+  restored, meta = ckpt.restore(target, move_aside=True)
+  history = meta.get('history')
+  if history is None:  # a checkpoint from before histories were checkpointed
+    history = [r for r in report.read_metrics(workdir) if r['epoch'] <= meta['epoch']]
+  logging.info('resumed from step %d (epoch %d) in %s', meta['step'], meta['epoch'], workdir)
+  return restored['state'], dict(metrics_acc, **restored['metrics']), history
+
+
+def _check_finite(first_nonfinite, config, ckpt) -> None:
+  """Stops the run, naming the step, once a loss was NaN/Inf (read where the loop syncs anyway)."""
+  first = int(np.asarray(jax.device_get(first_nonfinite)))
+  if first >= 0:
+    raise NonFiniteLossError(
+        f'training loss became NaN/Inf at step {first + 1}; the learning rate '
+        f'({config.learning_rate}) is probably too high. Nothing from that step on was saved: the '
+        f'latest checkpoint in {ckpt.directory} is step {ckpt.latest_step()}')
+
+
+def _checkpoint(ckpt, policy, step, state, metrics_acc, meta: dict, config) -> None:
+  _check_finite(metrics_acc['first_nonfinite'], config, ckpt)  # host sync: checkpoints only
+  ckpt.save(step, {'state': state, 'metrics': _saved_metrics(metrics_acc)}, meta)
+  policy.saved()
+
+
+def _preempted(signals, step: int, ckpt) -> preemption.PreemptedError:
+  return preemption.PreemptedError(
+      f'stopped by {signals.name or "a signal to another process"} at step {step}; the checkpoint '
+      f'is saved in {ckpt.directory}: rerun the same command to resume',
+      signum=signals.received or 15)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None,
+                       fresh: bool = False) -> TrainState:
   """Trains `config`, evaluates on the test set every epoch, checkpoints into the run directory.
 
-  Rerunning on a run directory that holds a checkpoint of the same config resumes from it.
-  Returns the final TrainState.
+  Rerunning on a run directory that holds a checkpoint of the same config resumes from it
+  (bit-identically on CPU, mid-epoch included); one of a different config is refused unless
+  `fresh`, which moves the old run aside into `<workdir>.replaced-<time>`. Checkpoints every
+  `config.checkpoint_every_steps` steps / `checkpoint_every_seconds` seconds and at each epoch
+  end; SIGTERM/SIGINT saves and raises PreemptedError. Returns the final TrainState.
   """
+  # The workdir lock and the signal handlers are released here however training ends.
+  with contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, workdir, fresh, cleanup)
+
+
+def _train_and_evaluate(config, workdir, fresh: bool, cleanup: contextlib.ExitStack) -> TrainState:
   if workdir is not None:
     config = ml_collections.ConfigDict(config.to_dict())
     config.workdir = str(workdir)
@@ -295,6 +355,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   workdir = config_lib.resolve_workdir(config)
   main = sharding.is_main_process()
   logging.info('devices: %s', sharding.describe_devices())
+  # Before the data and the compile: a second training on this workdir, an unwritable workdir
+  # or a workdir of another config fails in a second, not after minutes.
+  if main:
+    cleanup.enter_context(checkpoints.WorkdirLock(workdir))
+    moved = checkpoints.move_run_aside(workdir) if fresh else None
+    if moved:
+      logging.warning('--fresh: moved the previous run in %s to %s', workdir, moved)
+  if fresh:
+    distributed.barrier('train_fresh_workdir')
+  signals = cleanup.enter_context(preemption.SignalCatcher())
+  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.keep_checkpoints,
+                                     best_metric=config.get('best_metric', 'validation_accuracy'))
+  cleanup.callback(ckpt.close)
+  resolved = json.loads(config.to_json())
+  resolved['workdir'] = str(workdir)
+  if ckpt.latest_step() is not None:
+    checkpoints.check_same_run(workdir, resolved, config_lib.default_config().to_dict())
 
   datasets = data.load_datasets(config)
   n_train = len(datasets.train)
@@ -307,26 +384,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                                    steps_per_epoch=steps_per_epoch), out_shardings=replicated)
   state = init(jax.random.PRNGKey(config.seed))
 
-  workdir.mkdir(parents=True, exist_ok=True)
-  resolved = json.loads(config.to_json())
-  resolved['workdir'] = str(workdir)
   config_path = workdir / 'config.json'
-  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.keep_checkpoints)
   history: list[dict] = []
-  metrics_acc = jax.device_put(zero_metrics(), replicated)
+  metrics_acc = jax.device_put(train_metrics(), replicated)
   if ckpt.latest_step() is not None:
-    saved = checkpoints.read_run_config(workdir)
-    if _config_fingerprint(saved) != _config_fingerprint(ml_collections.ConfigDict(resolved)):
-      raise checkpoints.CheckpointError(
-          f'{workdir} holds a run of a different config ({json.dumps(_config_fingerprint(saved))}); '
-          'use another --config.workdir, or delete that directory to start fresh')
-    target = checkpoints.abstract_like({'state': state, 'metrics': metrics_acc}, replicated)
-    restored, meta = ckpt.restore(target)
-    state, metrics_acc = restored['state'], restored['metrics']
-    history = [r for r in report.read_metrics(workdir) if r['epoch'] <= meta['epoch']]
-    logging.info('resumed from step %d (epoch %d) in %s', int(state.step), meta['epoch'], workdir)
+    state, metrics_acc, history = _resume(ckpt, state, metrics_acc, replicated, workdir)
   if main:
     report.write_json(config_path, resolved)
+    if history:  # the checkpoint's history is the truth (metrics.jsonl may be ahead of it)
+      report.write_metrics(workdir, history)
 
   put = functools.partial(sharding.put_replicated, mesh=mesh)
   train_images, train_labels = put(datasets.train.images), put(datasets.train.labels)
@@ -346,6 +412,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   sync_every = config.get('sync_every_steps', 8)
   train_seconds = sum(r['seconds'] for r in history)
   start_epoch = step // steps_per_epoch
+  policy = preemption.SavePolicy(config.checkpoint_every_steps, config.checkpoint_every_seconds,
+                                 signals, sync_every)
   for epoch in range(start_epoch, config.num_epochs):
     t0 = time.perf_counter()
     perm = permutation(epoch)
@@ -361,7 +429,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
           # queued steps can starve an all-reduce of threads and deadlock; also keeps memory flat.
           jax.block_until_ready(metrics_acc)
         bar.update(1)
+        # Mid-epoch checkpoints (steps, seconds, SIGTERM/SIGINT); the last step of an epoch is
+        # saved below, after its evaluation.
+        if policy.should_save(step) and index + 1 < steps_per_epoch:
+          _checkpoint(ckpt, policy, step, state, metrics_acc, {'epoch': epoch, 'history': history},
+                      config)
+          if policy.stop:
+            raise _preempted(signals, step, ckpt)
     train = jax.device_get(metrics_acc)  # host sync: once per epoch
+    _check_finite(train['first_nonfinite'], config, ckpt)
     seconds = time.perf_counter() - t0
     train_loss = float(train['loss']) / max(int(train['count']), 1)
     if not math.isfinite(train_loss):
@@ -375,22 +451,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
               'train_accuracy': int(train['correct']) / max(int(train['count']), 1),
               'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
               'learning_rate': float(schedule(step - 1)), 'seconds': seconds}
+    if state.ema:
+      record.update(test_accuracy_raw=test_raw['accuracy'], test_loss_raw=test_raw['loss'])
     if val_eval is not None:
       val = val_eval(state.variables())
       record.update(validation_loss=val['loss'], validation_accuracy=val['accuracy'])
-    if state.ema:
-      record.update(test_accuracy_raw=test_raw['accuracy'], test_loss_raw=test_raw['loss'])
     history.append(record)
     train_seconds += seconds
-    metrics_acc = jax.device_put(zero_metrics(), replicated)
-    ckpt.save(step, {'state': state, 'metrics': metrics_acc},
-              {'epoch': epoch + 1, 'step': step})
+    metrics_acc = jax.device_put(train_metrics(), replicated)
+    validation = ({'validation_accuracy': val['accuracy'], 'validation_loss': val['loss']}
+                  if val_eval is not None else None)
+    _checkpoint(ckpt, policy, step, state, metrics_acc,
+                {'epoch': epoch + 1, 'history': history, 'validation': validation}, config)
     if main:
       report.write_metrics(workdir, history)
       writer.scalars(step, {f'{k}': v for k, v in record.items() if k not in ('epoch', 'step')})
       print(f'epoch {epoch + 1:3d}/{config.num_epochs}  train_loss {train_loss:.4f}  '
             f'train_acc {record["train_accuracy"]:.4f}  test_loss {test["loss"]:.4f}  '
             f'test_acc {test["accuracy"]:.4f}  ({seconds:.1f}s)', flush=True)
+    if policy.stop and epoch + 1 < config.num_epochs:
+      raise _preempted(signals, step, ckpt)
 
   if not history:  # resumed a finished run: nothing left to train
     history = report.read_metrics(workdir)
@@ -418,12 +498,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
 # ---------------------------------------------------------------------------- evaluation
 
 
-def restore_state(workdir: str | pathlib.Path, step: int | None = None):
-  """Rebuilds (config, model, state) of a run directory on the current machine's devices."""
+def restore_state(workdir: str | pathlib.Path, step: int | str | None = None):
+  """Rebuilds (config, model, state) of a run directory on the current machine's devices.
+
+  `step`: None or 'latest' (the newest step that restores and verifies; corrupt newer ones are
+  skipped with a warning), 'best' (best validation metric, see checkpoints.select_step) or a
+  step number. Reads only: never changes the run directory.
+  """
   workdir = pathlib.Path(workdir)
   config = checkpoints.read_run_config(workdir)
+  if step is not None and step != 'latest':
+    step = checkpoints.select_step(workdir, step)
+  else:
+    step = None
   mesh = sharding.make_mesh()
-  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.get('keep_checkpoints', 2))
+  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.get('keep_checkpoints', 2),
+                                     read_only=True)
   try:
     if ckpt.latest_step() is None:
       raise checkpoints.CheckpointError(
@@ -443,9 +533,11 @@ def restore_state(workdir: str | pathlib.Path, step: int | None = None):
   return config, model, restored['state'], mesh
 
 
-def evaluate(workdir: str | pathlib.Path, config_overrides: ml_collections.ConfigDict | None = None) -> dict:
-  """Restores a run directory's latest checkpoint and returns its exact test metrics."""
-  config, model, state, mesh = restore_state(workdir)
+def evaluate(workdir: str | pathlib.Path, config_overrides: ml_collections.ConfigDict | None = None,
+             checkpoint: int | str = 'latest') -> dict:
+  """Restores a run directory's checkpoint ('latest', 'best' or a step) and returns its exact
+  test metrics."""
+  config, model, state, mesh = restore_state(workdir, checkpoint)
   if config_overrides:
     config.update(config_overrides)
   datasets = data.load_datasets(config)
