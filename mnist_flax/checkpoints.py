@@ -384,6 +384,13 @@ class WorkdirLock:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+      if e.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+        # Some FUSE mounts (e.g. Google Drive in Colab) cannot lock: train unguarded rather
+        # than not at all.
+        logging.warning('%s: this filesystem cannot lock files (%s); nothing stops a second '
+                        'training on this workdir', self.path, e.strerror)
+        self._fd = fd
+        return self
       holder = os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'unknown process'
       os.close(fd)
       if e.errno not in (errno.EAGAIN, errno.EACCES):

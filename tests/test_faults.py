@@ -177,6 +177,18 @@ def test_second_training_is_refused_and_a_killed_holder_leaves_no_lock(
       checkpoints.WorkdirLock(run).acquire()  # while held, even in the same process
 
 
+def test_a_filesystem_without_locks_trains_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+  import errno
+  import fcntl
+
+  def no_locks(fd, op):
+    raise OSError(errno.ENOLCK, 'No locks available')
+  monkeypatch.setattr(fcntl, 'flock', no_locks)
+  with caplog.at_level(logging.WARNING), checkpoints.WorkdirLock(tmp_path):
+    pass
+  assert 'cannot lock files' in caplog.text
+
+
 def test_unwritable_workdir_is_one_clear_error(idx_dir, tfds_dir, tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')

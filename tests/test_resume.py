@@ -94,6 +94,18 @@ def test_reference_run_keeps_latest_two_plus_best(reference_run):
   assert steps_on_disk(reference_run) == sorted({25, 28, best})
 
 
+def test_eval_picks_latest_or_best(reference_run, capsys):
+  from mnist_flax import cli, report
+  records = {r['step']: r for r in report.read_metrics(reference_run)}
+  for which in ('latest', 'best'):
+    step = checkpoints.select_step(reference_run, which)
+    assert cli.main(['eval', '--workdir', str(reference_run), '--checkpoint', which]) == 0
+    printed = float(capsys.readouterr().out.split('test accuracy ')[1].split()[0])
+    assert printed == pytest.approx(records[step]['test_accuracy'], abs=1e-4)
+  assert cli.main(['eval', '--workdir', str(reference_run), '--checkpoint', 'newest']) == 1
+  assert "expected one of ('latest', 'best')" in capsys.readouterr().err
+
+
 def test_sigint_sets_a_flag_then_a_second_one_interrupts():
   with preemption.SignalCatcher() as signals:
     os.kill(os.getpid(), signal.SIGINT)
