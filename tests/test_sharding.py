@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, run_cli, tiny_overrides
 from mnist_flax import config as config_lib, models, report, sharding, train
 from mnist_flax.errors import ConfigError
 
@@ -120,6 +120,12 @@ def test_eight_devices_match_one_and_resume_on_two(idx_dir, tfds_dir, prepared_d
   for a, b in zip(report.read_metrics(tmp_path / 'dev8'), report.read_metrics(tmp_path / 'dev1')):
     assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-4)
     assert abs(a['test_accuracy'] - b['test_accuracy']) <= 2e-4  # at most 2 borderline images
+  # The 8-device checkpoint evaluates on a single CPU device (a fresh process).
+  result = run_cli(['eval', '--workdir', str(tmp_path / 'dev8')],
+                   env=dict(prepared_data_env, JAX_NUM_CPU_DEVICES='1'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  correct = int(re.search(r'\((\d+)/10000 correct\)', result.stdout).group(1))
+  assert abs(correct - report.read_summary(tmp_path / 'dev8')['test_correct']) <= 2
   # Resume on another device count: drop the 8-device run's last checkpoint, finish on 2 devices.
   ckpt_dir = tmp_path / 'dev8' / 'checkpoints'
   shutil.rmtree(ckpt_dir / '8')
