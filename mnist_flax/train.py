@@ -12,6 +12,10 @@ The data flow, and why:
   sharded along `data`, parameters are replicated, XLA inserts the gradient all-reduce.
 * Evaluation is exact: sums of loss and correct predictions over all 10,000 test images
   (the padded tail is masked out), divided once.
+* Checkpoints (the "checkpoint policy" section, with checkpoints.py and preemption.py): at each
+  epoch end, every `checkpoint_every_steps` / `checkpoint_every_seconds`, and on SIGTERM/SIGINT
+  (save, then PreemptedError). Each one is a host sync, and the only other place the loop reads
+  the device: the on-device `first_nonfinite` step is checked there, so no NaN is ever saved.
 """
 
 from __future__ import annotations
