@@ -3,8 +3,9 @@
 * TTA averages the class probabilities of a few fixed views of each image (the identity plus
   one-pixel shifts, optionally small rotations): `TTA_VIEWS`.
 * An ensemble averages the (TTA-averaged) probabilities of several members. A member is a run
-  directory (its latest checkpoint, with EMA weights when the run kept them) or `DIR@STEP` for
-  one of its kept checkpoints; typically the same recipe trained with different seeds.
+  directory (its latest checkpoint, with EMA weights when the run kept them), `DIR@STEP` for one
+  of its kept checkpoints or `DIR@best` for its best-by-validation one; typically the same recipe
+  trained with different seeds.
 
 Averaging probabilities (not logits, not votes) is the usual choice and is what An et al. (2020)
 and most MNIST ensembles report. Members are scored on the test set only to report: nothing
@@ -68,12 +69,15 @@ def ensemble_probs(members: Sequence[Member], images, views=TTA_VIEWS['none']) -
 
 
 def load_member(spec: str) -> Member:
-  """`DIR` (latest checkpoint) or `DIR@STEP` -> a Member with the run's inference variables."""
+  """`DIR` (latest checkpoint), `DIR@STEP` or `DIR@best` (best by validation, never by test)
+  -> a Member with the run's inference variables."""
   from mnist_flax import train  # pylint: disable=import-outside-toplevel
   workdir, _, step = str(spec).partition('@')
-  if step and not step.isdigit():
-    raise ConfigError(f'ensemble member {spec!r}: expected DIR or DIR@STEP with an integer step')
-  _, model, state, _ = train.restore_state(pathlib.Path(workdir), int(step) if step else None)
+  if step and not (step.isdigit() or step in ('best', 'latest')):
+    raise ConfigError(f'ensemble member {spec!r}: expected DIR, DIR@STEP (an integer step), '
+                      'DIR@best or DIR@latest')
+  _, model, state, _ = train.restore_state(pathlib.Path(workdir),
+                                           int(step) if step.isdigit() else (step or None))
   return Member(name=str(spec), model=model, variables=state.variables())
 
 

@@ -218,6 +218,9 @@ def test_tta_and_checkpoint_ensemble(tricks_run, capsys):
                              atol=1e-6)
   tta = ensemble.member_probs(member, images, ensemble.TTA_VIEWS['shift'])
   assert not np.allclose(tta, plain)
+  # One epoch, one checkpoint: the best-by-validation member is the same one.
+  np.testing.assert_allclose(ensemble.member_probs(ensemble.load_member(f'{workdir}@best'), images),
+                             plain, atol=1e-6)
   # Two identical members average to themselves; the CLI reports the same figure as `eval`.
   np.testing.assert_allclose(ensemble.ensemble_probs([member, member], images), plain, atol=1e-6)
   assert cli.main(['ensemble', '--workdir', str(workdir), '--workdir', str(workdir)]) == 0
