@@ -103,6 +103,7 @@ def cmd_predict(args, overrides):
   import json  # pylint: disable=import-outside-toplevel
   from mnist_flax import predict, preprocess  # pylint: disable=import-outside-toplevel
   from mnist_flax.errors import ImageError  # pylint: disable=import-outside-toplevel
+  predict.enable_compilation_cache()
   classifier = predict.load_classifier(args.workdir)
   images, good, errors = [], [], {}
   for path in args.files:
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('ensemble', help='test accuracy of several checkpoints averaged, with '
                                       'optional test-time augmentation (TTA)')
   p.add_argument('--workdir', required=True, action='append',
-                 help='run directory (or DIR@STEP); repeat for each member')
+                 help='run directory (or DIR@STEP, DIR@best); repeat for each member')
   p.add_argument('--tta', default='none', choices=['none', 'shift', 'shift_rotate'],
                  help='test-time views averaged per member (default: none)')
   p.set_defaults(func=cmd_ensemble)

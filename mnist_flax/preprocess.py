@@ -412,13 +412,16 @@ def render_photo_like(digit: np.ndarray, rng: np.random.Generator, size: int = 0
   sheet[top:top + size, left:left + size] = np.clip(ink, 0.0, 1.0)
   y = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
   x = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
-  light = rng.uniform(0.75, 0.92) * (1 + rng.uniform(-0.12, 0.12) * y + rng.uniform(-0.12, 0.12) * x)
-  paper = light[..., None] * np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 0.97)],
-                                      np.float32)
-  pen = np.array([0.12, 0.12, rng.uniform(0.15, 0.35)], np.float32)  # dark blue-black ink
-  rgb = paper * (1.0 - sheet[..., None]) + pen * sheet[..., None]
-  rgb += rng.standard_normal(rgb.shape, np.float32) * np.float32(rng.uniform(0.01, 0.03))
-  image = Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8), 'RGB')
+  light = np.float32(rng.uniform(0.75, 0.92)) * (
+      1 + np.float32(rng.uniform(-0.12, 0.12)) * y + np.float32(rng.uniform(-0.12, 0.12)) * x)
+  lit_paper = light * (1.0 - sheet)
+  # Sensor noise, shared by the three channels (luminance noise dominates in phone photos).
+  noise = rng.standard_normal((height, width), np.float32) * np.float32(rng.uniform(0.01, 0.03))
+  tint = (1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 0.97))  # warm paper
+  pen = (0.12, 0.12, rng.uniform(0.15, 0.35))  # dark blue-black ink
+  rgb = np.stack([lit_paper * np.float32(t) + np.float32(p) * sheet + noise
+                  for t, p in zip(tint, pen)], -1)
+  image = Image.fromarray((np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), 'RGB')
   buffer = io.BytesIO()
   image.save(buffer, 'JPEG', quality=quality or int(rng.integers(60, 91)))
   buffer.seek(0)

@@ -143,3 +143,41 @@ def test_cli_predict_good_and_bad_files_without_tensorflow(tiny_run, tmp_path, r
   assert 'no config.json' in result.stderr
   result = _run_predict(['--top-k', '11', SAMPLES[0]], real_data_env)
   assert result.returncode == 2 and 'from 1 to 10' in result.stderr
+
+
+# ---------------------------------------------------------------------------- the shipped model
+
+
+def test_shipped_model_is_small_and_as_accurate_as_its_summary(mnist_test):
+  images, labels = mnist_test
+  assert export.directory_size(PRETRAINED) <= 5 * 1024 * 1024
+  summary = json.loads((PRETRAINED / 'summary.json').read_text())
+  classifier = predict.load_classifier()  # the default: checkpoints/pretrained
+  assert classifier.directory == predict.PRETRAINED_DIR
+  correct = int((classifier.probabilities(images).argmax(1) == labels).sum())
+  assert correct == summary['test_correct'] == summary['export']['predict_test_correct']
+  assert correct / len(labels) >= 0.994
+
+
+def test_cli_classifies_the_samples_with_the_shipped_model(real_data_env):
+  assert len(SAMPLES) >= 6 and any(p.suffix == '.jpg' for p in SAMPLES)
+  result = _run_predict(['--json', *SAMPLES], real_data_env)
+  assert result.returncode == 0, result.stderr
+  assert 'TENSORFLOW_IMPORTED' not in result.stderr
+  rows = json.loads(result.stdout)
+  assert [(r['file'], r['label']) for r in rows] == [(str(p), int(p.name[0])) for p in SAMPLES]
+
+
+def test_photo_like_test_digits_as_accurate_as_the_originals(mnist_test):
+  """1,000 MNIST test digits photographed (dark on light, off-centre, 150-330 px, uneven light,
+  noise, JPEG) lose at most one point of accuracy through preprocess + the shipped model."""
+  images, labels = mnist_test
+  index = np.random.default_rng(1).choice(len(labels), 1000, replace=False)
+  classifier = predict.load_classifier()
+  original = float((classifier.probabilities(images[index]).argmax(1) == labels[index]).mean())
+  rng = np.random.default_rng(2)
+  photos = np.stack([preprocess.preprocess(preprocess.render_photo_like(images[i], rng))
+                     for i in index])
+  photographed = float((classifier.probabilities(photos).argmax(1) == labels[index]).mean())
+  assert original >= 0.98
+  assert photographed >= original - 0.01, (photographed, original)
