@@ -175,16 +175,13 @@ def measure_training(config, steps: int, warmup: int) -> dict:
   steps_per_epoch = n_train // config.batch_size
   model = models.get_model(config)
   replicated = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(train.create_train_state, config, model,
-                                    steps_per_epoch=steps_per_epoch),
-                  out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  state = train.init_train_state(config, model, jax.random.PRNGKey(config.seed), steps_per_epoch,
+                                 mesh)
   images, labels = sharding.put_replicated((datasets.train.images, datasets.train.labels), mesh)
-  metrics = jax.device_put(train.zero_metrics(), replicated)
+  metrics = jax.device_put(train.train_metrics(), replicated)
   perm = jax.jit(functools.partial(train.epoch_permutation, config.seed, num_examples=n_train),
                  out_shardings=replicated)(0)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, config=config,
-                                      batch_sharding=sharding.data_sharded(mesh)),
-                    donate_argnums=(0, 1))
+  step_fn = train.make_train_step(config, model, mesh)  # the very step `mnist-flax train` runs
   flops_image = analytic_train_flops_per_image(model, state.variables())
 
   t = time.perf_counter()
