@@ -181,3 +181,16 @@ def test_photo_like_test_digits_as_accurate_as_the_originals(mnist_test):
   photographed = float((classifier.probabilities(photos).argmax(1) == labels[index]).mean())
   assert original >= 0.98
   assert photographed >= original - 0.01, (photographed, original)
+
+
+def test_fastcnn_shapes_parameters_and_space_to_depth():
+  from mnist_flax import models
+  x = np.arange(2 * 28 * 28, dtype=np.float32).reshape(2, 28, 28, 1)
+  folded = np.asarray(models.space_to_depth(x))
+  assert folded.shape == (2, 14, 14, 4)
+  np.testing.assert_array_equal(folded[1, 3, 5], x[1, 6:8, 10:12, 0].ravel())  # one 2x2 patch
+  model = models.FastCNN()
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  assert sum(v.size for v in jax.tree.leaves(variables['params'])) == 60426
+  assert sorted(variables) == ['batch_stats', 'params']
+  assert model.apply(variables, x, train=False).shape == (2, 10)
