@@ -190,7 +190,23 @@ def test_fastcnn_shapes_parameters_and_space_to_depth():
   assert folded.shape == (2, 14, 14, 4)
   np.testing.assert_array_equal(folded[1, 3, 5], x[1, 6:8, 10:12, 0].ravel())  # one 2x2 patch
   model = models.FastCNN()
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   assert sum(v.size for v in jax.tree.leaves(variables['params'])) == 60426
   assert sorted(variables) == ['batch_stats', 'params']
-  assert model.apply(variables, x, train=False).shape == (2, 10)
+  assert jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape == (2, 10)
+
+
+def test_thin_pen_digits_are_thickened_and_recognised():
+  """A ballpoint digit on a large photo becomes a hairline at 20x20 unless thickened."""
+  from PIL import ImageDraw
+  strokes = {7: [[(100, 80), (300, 80), (170, 330)]], 1: [[(200, 60), (200, 340)]],
+             4: [[(250, 60), (100, 250), (320, 250)], [(250, 60), (250, 340)]]}
+  classifier = predict.load_classifier()
+  for width in (2, 4):
+    for label, lines in strokes.items():
+      image = Image.new('L', (400, 400), 235)
+      for line in lines:
+        ImageDraw.Draw(image).line(line, fill=30, width=width, joint='curve')
+      seen = preprocess.preprocess(image)
+      assert seen.max() == 255 and preprocess.stroke_width(seen > 127) >= 0.8  # unthickened: 0
+      assert classifier.classify([image])[0].label == label, (width, label)
