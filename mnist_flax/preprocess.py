@@ -13,7 +13,8 @@ on an arbitrary image (a file path, a numpy array or a PIL image):
    subtracted; the noise level of what remains sets a threshold, so photo noise and JPEG
    artefacts go to zero and the stroke contrast is stretched to full white;
 4. crop to the ink's bounding box (specks removed for large images), scale the digit to fit
-   20x20, place it in 28x28 centred by its centre of mass.
+   20x20 (hairline pen strokes thickened to MNIST's weight), place it in 28x28 centred by its
+   centre of mass.
 
 An image that already is MNIST-like passes through essentially unchanged (the same pixels, up to
 a grey level or two of contrast stretch). Only numpy and Pillow: no TensorFlow, no SciPy, so the
