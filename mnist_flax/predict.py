@@ -139,11 +139,11 @@ def _restore(path: pathlib.Path, item: dict, partial: bool, directory: pathlib.P
     detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     raise CheckpointError(
         f'{directory}: cannot restore the checkpoint at {path} for model '
-        f'{item_model_name(directory)}: it is corrupt, incomplete or of another model '
+        f'{_model_name(directory)}: it is corrupt, incomplete or of another model '
         f'({type(e).__name__}: {detail})') from None
 
 
-def item_model_name(directory: pathlib.Path) -> str:
+def _model_name(directory: pathlib.Path) -> str:
   try:
     return repr(json.loads((directory / CONFIG_FILE).read_text()).get('model'))
   except (OSError, ValueError, AttributeError):
