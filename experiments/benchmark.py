@@ -20,7 +20,10 @@ same jitted `train_step`, data resident on the device):
   the final accuracy, the training seconds, the process wall time and the time to target;
 * optionally the Flax example peer (`/work/shared/peers/flax_example.py`) on the same machine.
 
-It prints a table and writes JSON (`--json`, default `<workdir>/benchmark.json`). Timings on a
+It prints a table and writes JSON (`--json`, default `<workdir>/benchmark.json`, the workdir being
+`--config.workdir` or a new temporary folder). The seeds' processes inherit the environment, so
+`JAX_COMPILATION_CACHE_DIR=... JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0` measures warm
+starts (run once to fill the cache, then again). Timings on a
 shared machine are noisy: run it alone (`flock /tmp/mnist_cpu.lock python experiments/...`).
 """
 
@@ -392,7 +395,9 @@ def main(argv: list[str] | None = None) -> dict:
   config_lib.validate_config(config)
   # Same device split as `mnist-flax train`, before JAX starts.
   sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
-  workdir = pathlib.Path(config.workdir or tempfile.mkdtemp(prefix='mnist_flax_bench_'))
+  workdir = pathlib.Path(config.workdir) if config.workdir else None
+  if workdir is None and (args.seeds or not args.json):
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix='mnist_flax_bench_'))
   result = {'config': args.config, 'overrides': overrides, 'target': args.target,
             'machine': machine_record()}
   # A given peak skips the sgemm measurement (a few seconds of both cores).

@@ -64,3 +64,21 @@ def test_flop_counter_counts_convs_and_matmuls():
   model = models.CNN(features=(8, 16), hidden=32)
   variables = model.init(__import__('jax').random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
   assert benchmark.analytic_train_flops_per_image(model, variables) == 3 * TINY_FORWARD_FLOPS
+
+
+def test_unoptimized_init_compile_gives_the_same_parameters(tiny_config):
+  """train.init_train_state skips LLVM optimization for speed; the parameters must not change
+  beyond float rounding (else seeds would silently give other results than before)."""
+  import functools
+  import jax
+  import numpy as np
+  from mnist_flax import models, sharding, train
+  mesh = sharding.make_mesh()
+  model = models.get_model(tiny_config)
+  rng = jax.random.PRNGKey(3)
+  fast = train.init_train_state(tiny_config, model, rng, 16, mesh)
+  optimized = jax.jit(functools.partial(train.create_train_state, tiny_config, model,
+                                        steps_per_epoch=16))(rng)
+  for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(optimized.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+  assert fast.params['Conv_0']['kernel'].sharding.is_fully_replicated
