@@ -21,7 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _find_idx_dir():
-  for candidate in (os.environ.get('MNIST_IDX_DIR'), REPO.parent / 'shared' / 'mnist'):
+  for candidate in (os.environ.get('MNIST_IDX_DIR'), REPO.parent / 'shared' / 'mnist',
+                    pathlib.Path('/work/shared/mnist')):
     if candidate and (pathlib.Path(candidate) / 'train-images-idx3-ubyte.gz').exists():
       return pathlib.Path(candidate)
   return None
