@@ -259,7 +259,9 @@ def plot_per_class_accuracy(confusion: np.ndarray, out: str | pathlib.Path,
   accuracy = 100.0 * per_class_accuracy(confusion)
   fig, ax = plt.subplots(figsize=(9, 4.5))
   bars = ax.bar(range(len(accuracy)), accuracy, color='0.55', edgecolor='black')
-  ax.bar_label(bars, labels=[f'{a:.1f}' for a in accuracy], padding=2, fontsize=9)
+  texts = ax.bar_label(bars, labels=[f'{a:.2f}' for a in accuracy], padding=2, fontsize=9)
+  for text in texts:  # readable where the dashed overall line crosses a label
+    text.set_bbox(dict(facecolor='white', edgecolor='none', pad=1))
   overall = 100.0 * np.trace(confusion) / max(confusion.sum(), 1)
   ax.axhline(overall, color='black', linestyle='--', zorder=0, label=f'all digits: {overall:.2f}%')
   low = float(np.nanmin(accuracy)) if len(accuracy) else 0.0
@@ -431,7 +433,7 @@ def summary_rows(run: RunFiles) -> list[tuple[str, str]]:
             ('test loss (last epoch)', f'{last.get("test_loss", float("nan")):.6f}'),
             ('training time so far (s)', f'{sum(r.get("seconds", 0) for r in run.records):.1f}'),
             ('model', c.get('model', '?'))]
-  for key in ('optimizer', 'learning_rate', 'schedule', 'batch_size'):
+  for key in ('optimizer', 'learning_rate', 'schedule', 'batch_size', 'label_smoothing'):
     if key in c:
       rows.append((key.replace('_', ' '), str(c[key])))
   if s.get('data_source'):
