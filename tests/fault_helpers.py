@@ -31,13 +31,23 @@ def make_config(idx_dir, tfds_dir, workdir, *more):
                                     overrides(idx_dir, tfds_dir, workdir, *more))
 
 
+_REFERENCE: dict = {}
+
+
 @pytest.fixture(scope='session')
 def reference_run(idx_dir, tfds_dir, tmp_path_factory):
-  """An uninterrupted run of the tiny checkpointing config (trained in this process)."""
+  """An uninterrupted run of the tiny checkpointing config (trained in this process, once).
+
+  Each test module that imports this fixture gets its own instance; the cache makes them share
+  one training.
+  """
   from mnist_flax import train
-  workdir = tmp_path_factory.mktemp('reference') / 'run'
-  train.train_and_evaluate(make_config(idx_dir, tfds_dir, workdir))
-  return workdir
+  key = (str(idx_dir), str(tfds_dir))
+  if key not in _REFERENCE:
+    workdir = tmp_path_factory.mktemp('reference') / 'run'
+    train.train_and_evaluate(make_config(idx_dir, tfds_dir, workdir))
+    _REFERENCE[key] = workdir
+  return _REFERENCE[key]
 
 
 def copy_run(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
