@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mnist_flax import config as config_lib, report, train
+from mnist_flax import config as config_lib, data, report, train
 from mnist_flax.errors import CheckpointError
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'curves.png', 'checkpoints', 'tensorboard')
@@ -62,13 +62,18 @@ def test_data_is_sharded_over_devices(tiny_config):
   assert leaf.sharding.is_fully_replicated
 
 
-def test_under_tfds_mock_data(tmp_path):
+def test_under_tfds_mock_data(tmp_path, monkeypatch):
   config = config_lib.apply_overrides(config_lib.default_config(), [
       'data_source=tfds', f'tfds_data_dir={tmp_path / "tfds"}', f'workdir={tmp_path / "run"}',
       'model_kwargs.features=(4, 8)', 'model_kwargs.hidden=16', 'num_epochs=1',
       'batch_size=32', 'eval_batch_size=64', 'progress_bar=false'])
+  # The mock replaces TFDS's reading only; training runs outside it, because mock_data swaps in
+  # a fake file system while TFDS reads, and Orbax's background threads must not write into it.
   with tfds.testing.mock_data(num_examples=128):
-    state = train.train_and_evaluate(config)
+    raw = data.load_raw(config)
+  assert 'TFDS mnist' in raw[2] and len(raw[0]) == 128
+  monkeypatch.setattr(data, 'load_raw', lambda _: raw)
+  state = train.train_and_evaluate(config)
   assert int(state.step) == 4
   summary = report.read_summary(tmp_path / 'run')
   assert np.isfinite(summary['test_loss'])
