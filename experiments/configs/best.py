@@ -5,12 +5,13 @@ Run (one seed; repeat with --config.seed=1, 2 and ensemble the three, see experi
   mnist-flax train --config experiments/configs/best.py --config.seed=0 \
       --config.workdir=checkpoints/best-s0
   mnist-flax ensemble --workdir checkpoints/best-s0 --workdir checkpoints/best-s1 \
-      --workdir checkpoints/best-s2 --tta shift
+      --workdir checkpoints/best-s2
 Model selection runs (ablations) add --config.validation_size=5000 and compare validation accuracy.
 
-Reach: see experiments/RESULTS.md. Only shortened runs were measured on the shared 2-core CPU
-(the full 3 x 30-minute protocol was not run); do not read the target figures of issue #5 as
-achieved.
+Reach (experiments/RESULTS.md, shared 2-core CPU, 1 seed): a 4-epoch version of this recipe
+(--config.num_epochs=4 --config.validation_size=5000) reached 99.55% test (EMA weights),
+99.52% validation, in 25 min of training. The full 15-epoch recipe, 3 seeds and the ensemble
+were NOT measured: do not read issue #5's targets (99.65% mean, 99.75% ensemble) as achieved.
 """
 
 import ml_collections
