@@ -434,6 +434,7 @@ def _train_and_evaluate(config, workdir, fresh: bool, cleanup: contextlib.ExitSt
   start_epoch = step // steps_per_epoch
   policy = preemption.SavePolicy(config.checkpoint_every_steps, config.checkpoint_every_seconds,
                                  signals, sync_every)
+  test = None  # the last epoch's test metrics: the final state's, so not computed twice
   for epoch in range(start_epoch, config.num_epochs):
     t0 = time.perf_counter()
     perm = permutation(epoch)
@@ -494,7 +495,7 @@ def _train_and_evaluate(config, workdir, fresh: bool, cleanup: contextlib.ExitSt
 
   if not history:  # resumed a finished run: nothing left to train
     history = report.read_metrics(workdir)
-  final = test_eval(state.variables())
+  final = test if test is not None else test_eval(state.variables())
   if main:
     summary = {
         'test_accuracy': final['accuracy'], 'test_loss': final['loss'],
