@@ -36,8 +36,10 @@ def _quiet_logs():
 
 def _load_config(args, overrides):
   from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
-  path = args.config or config_lib.DEFAULT_CONFIG_FILE
-  config = config_lib.load_config_file(path, validate=False)
+  if args.config:
+    config = config_lib.load_config_file(args.config, validate=False)
+  else:  # the default config lives in the package: works without the repository checkout
+    config = config_lib.default_config()
   config = config_lib.apply_overrides(config, overrides)
   config_lib.validate_config(config)
   return config
@@ -104,7 +106,7 @@ def cmd_predict(args, overrides):
   from mnist_flax import predict, preprocess  # pylint: disable=import-outside-toplevel
   from mnist_flax.errors import ImageError  # pylint: disable=import-outside-toplevel
   predict.enable_compilation_cache()
-  classifier = predict.load_classifier(args.workdir)
+  classifier = predict.load_classifier(args.workdir, checkpoint=args.checkpoint)
   images, good, errors = [], [], {}
   for path in args.files:
     try:
@@ -196,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      'pretrained model)')
   p.add_argument('files', nargs='+', metavar='FILE', help='image files (PNG, JPEG, ...; any size)')
   p.add_argument('--workdir', help='run directory or exported model (default: checkpoints/pretrained)')
+  p.add_argument('--checkpoint', default='latest',
+                 help="a run directory's step: latest (default), best (by validation) or a number")
   p.add_argument('--top-k', type=_top_k, default=3, help='how many ranked labels (1-10; default 3)')
   p.add_argument('--json', action='store_true', help='print JSON instead of one line per file')
   p.add_argument('--show', metavar='OUT.png',

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import pathlib
 from typing import Any, Iterable, Optional, Sequence
@@ -91,11 +92,18 @@ def _read_json(path: pathlib.Path, what: str) -> dict:
     raise CheckpointError(f'{path}: cannot read the {what} ({e})') from None
 
 
-def _latest_step_dir(directory: pathlib.Path) -> Optional[pathlib.Path]:
-  """The newest finished Orbax step of a run directory (unfinished temporary steps skipped)."""
+def _step_dirs(directory: pathlib.Path) -> list[pathlib.Path]:
+  """The finished Orbax steps of a run directory, newest first (unfinished temporary steps,
+  whose names are not plain numbers, skipped)."""
   root = directory / RUN_CHECKPOINT_DIR
   steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
-  return max(steps, key=lambda p: int(p.name)) if steps else None
+  return sorted(steps, key=lambda p: int(p.name), reverse=True)
+
+
+def _latest_step_dir(directory: pathlib.Path) -> Optional[pathlib.Path]:
+  """The newest finished Orbax step of a run directory."""
+  steps = _step_dirs(directory)
+  return steps[0] if steps else None
 
 
 def _describe_layout(directory: pathlib.Path) -> str:
@@ -150,27 +158,55 @@ def _model_name(directory: pathlib.Path) -> str:
     return '?'
 
 
-def restore_variables(directory: str | pathlib.Path, model, config, sharding=None) -> dict:
+def restore_variables(directory: str | pathlib.Path, model, config, sharding=None,
+                      checkpoint: str | int = 'latest') -> dict:
   """The inference variables of a run directory or exported model, restored onto `sharding`.
 
   Default placement: this machine's first device. A run that kept an EMA of its weights
-  (`config.ema_decay > 0`) is restored from the EMA, as its evaluation was.
+  (`config.ema_decay > 0`) is restored from the EMA, as its evaluation was. `checkpoint` picks a
+  run directory's step: 'latest' (the newest step that restores; a corrupt or truncated newer one
+  is skipped with a warning naming it, as in training), 'best' (best validation metric, see
+  `checkpoints.select_step`) or a step number. An exported model has one set of weights.
   """
   directory = pathlib.Path(directory)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = abstract_variables(model, sharding)
   if (directory / VARIABLES_DIR).is_dir():
-    variables = _restore(directory / VARIABLES_DIR, target, partial=False, directory=directory)
-  else:
-    step_dir = _latest_step_dir(directory)
-    if step_dir is None:
-      raise CheckpointError(f'{directory} holds no checkpoint (no {RUN_CHECKPOINT_DIR}/<step>/ or '
-                            f'{VARIABLES_DIR}/); train first: mnist-flax train '
-                            f'--config.workdir={directory}')
-    key = 'ema' if config.get('ema_decay', 0.0) > 0 else None
-    item = {'state': {key: target} if key else target}
-    restored = _restore(step_dir / 'state', item, partial=True, directory=directory)
-    variables = restored['state'][key] if key else restored['state']
+    if str(checkpoint) != 'latest':
+      raise CheckpointError(f'{directory} is an exported model with one set of weights; '
+                            f'checkpoint={checkpoint!r} needs a run directory')
+    return _check_finite(_restore(directory / VARIABLES_DIR, target, partial=False,
+                                  directory=directory), directory)
+  candidates = _step_dirs(directory)
+  if not candidates:
+    raise CheckpointError(f'{directory} holds no checkpoint (no {RUN_CHECKPOINT_DIR}/<step>/ or '
+                          f'{VARIABLES_DIR}/); train first: mnist-flax train '
+                          f'--config.workdir={directory}')
+  if str(checkpoint) != 'latest':
+    from mnist_flax import checkpoints  # pylint: disable=import-outside-toplevel
+    step = checkpoints.select_step(directory, checkpoint)
+    candidates = [directory / RUN_CHECKPOINT_DIR / str(step)]
+  key = 'ema' if config.get('ema_decay', 0.0) > 0 else None
+  item = {'state': {key: target} if key else target}
+  skipped = []
+  for step_dir in candidates:
+    try:
+      restored = _restore(step_dir / 'state', item, partial=True, directory=directory)
+      variables = _check_finite(restored['state'][key] if key else restored['state'], directory)
+    except CheckpointError as e:
+      skipped.append((step_dir, str(e)))
+      continue
+    for bad, reason in skipped:
+      logging.warning('skipped checkpoint %s: %s; using step %s instead', bad, reason,
+                      step_dir.name)
+    return variables
+  if len(skipped) == 1:
+    raise CheckpointError(skipped[0][1])
+  raise CheckpointError(f'{directory}: none of its checkpoints restores: '
+                        + '; '.join(reason for _, reason in skipped))
+
+
+def _check_finite(variables: dict, directory: pathlib.Path) -> dict:
   # On the host with numpy: a jnp check would compile one tiny kernel per leaf shape (seconds).
   leaves = jax.tree.leaves(variables)
   if not leaves or not all(np.isfinite(np.asarray(x)).all() for x in leaves):
@@ -247,8 +283,12 @@ class Classifier:
     return self.predictions(images, [prep.describe(x) for x in inputs], top_k)
 
 
-def load_classifier(directory: str | pathlib.Path | None = None, sharding=None) -> Classifier:
-  """Restores a run directory or exported model (default: the shipped pretrained model)."""
+def load_classifier(directory: str | pathlib.Path | None = None, sharding=None,
+                    checkpoint: str | int = 'latest') -> Classifier:
+  """Restores a run directory or exported model (default: the shipped pretrained model).
+
+  `checkpoint`: a run directory's 'latest' (default), 'best' (by validation) or step number.
+  """
   import ml_collections  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory) if directory else PRETRAINED_DIR
   if not directory.exists():
@@ -264,7 +304,7 @@ def load_classifier(directory: str | pathlib.Path | None = None, sharding=None) 
                           f'{_describe_layout(directory)}')
   config = ml_collections.ConfigDict(_read_json(directory / CONFIG_FILE, 'config'))
   model = _model_of(config, directory)
-  variables = restore_variables(directory, model, config, sharding)
+  variables = restore_variables(directory, model, config, sharding, checkpoint)
   summary = (_read_json(directory / SUMMARY_FILE, 'summary')
              if (directory / SUMMARY_FILE).is_file() else {})
   return Classifier(model=model, variables=variables, config=config, directory=directory,
@@ -292,9 +332,8 @@ def save_figure(predictions: Sequence[Prediction], path: str | pathlib.Path):
   So a person can see why: a wrong label usually shows up as a bad crop or a lost stroke in the
   middle panel. Matplotlib is imported only here.
   """
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from mnist_flax import report  # pylint: disable=import-outside-toplevel
+  plt = report.pyplot()  # standalone figures: no backend switch
   from mnist_flax import preprocess as prep  # pylint: disable=import-outside-toplevel
   rows = len(predictions)
   fig, axes = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), squeeze=False,
@@ -318,4 +357,4 @@ def save_figure(predictions: Sequence[Prediction], path: str | pathlib.Path):
     ax_bar.set_title(f'label {p.label}  p={p.probability:.3f}', fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
+

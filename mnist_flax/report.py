@@ -3,7 +3,8 @@
 Three layers, lightest first:
 
 * files: the per-epoch history (`metrics.jsonl`), the final `summary.json`, TensorBoard scalars.
-* plots (matplotlib, Agg backend, imported lazily so training never needs a display): curves with
+* plots (matplotlib figures without pyplot, imported lazily: no display needed, and a
+  notebook's backend is left alone): curves with
   the learning-rate schedule, confusion matrix, per-class accuracy, digit grids, run comparisons.
   Digits are drawn with 'Greys' (dark ink on white) and every line has its own style and marker,
   so the figures survive greyscale printing.
@@ -118,18 +119,33 @@ class ScalarWriter:
 # ---------------------------------------------------------------------------- plots
 
 
-def pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
+class _Figures:
+  """The two pyplot calls the plots use, on standalone `matplotlib.figure.Figure`s.
+
+  No pyplot state and no backend switch: saving works without a display, and a notebook's
+  inline plotting (or a user's GUI backend) is left exactly as it was.
+  """
+
+  @staticmethod
+  def subplots(*args, figsize=None, **kwargs):
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+  @staticmethod
+  def get_cmap(name: str):
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    return matplotlib.colormaps[name]
+
+
+def pyplot() -> _Figures:
+  return _Figures()
 
 
 def save_figure(fig, out: str | pathlib.Path, dpi: int = 100) -> pathlib.Path:
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(out, dpi=dpi)
-  pyplot().close(fig)
   return out
 
 

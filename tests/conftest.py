@@ -66,6 +66,7 @@ def tiny_overrides(idx_dir, tfds_dir, workdir):
   return [
       f'idx_dir={idx_dir}', f'tfds_data_dir={tfds_dir}', f'workdir={workdir}',
       'model_kwargs.features=(8, 16)', 'model_kwargs.hidden=32', 'train_limit=2048',
+      'validation_size=0',
       'batch_size=128', 'num_epochs=2', 'progress_bar=false', 'learning_rate=0.01',
       'data_source=idx', 'name=tiny',
   ]

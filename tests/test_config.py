@@ -74,3 +74,12 @@ def test_unknown_field_and_wrong_type_in_a_config_file(tmp_path, default):
     config_lib.load_config_file(bad)
   with pytest.raises(ConfigError, match='does not exist'):
     config_lib.load_config_file(tmp_path / 'missing.py')
+
+
+def test_default_config_needs_no_repository_checkout(monkeypatch, tmp_path):
+  # An installed (non-editable) package has no experiments/ folder: the schema is in the package.
+  from_file = config_lib.load_config_file(config_lib.REPO_ROOT / 'experiments/configs/default.py')
+  monkeypatch.setattr(config_lib, 'DEFAULT_CONFIG_FILE', tmp_path / 'missing.py')
+  monkeypatch.setattr(config_lib, 'REPO_ROOT', tmp_path)
+  assert config_lib.default_config().to_dict() == from_file.to_dict()
+  assert config_lib.default_config().validation_size == 5000  # issue #5: held out by default

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -274,6 +275,9 @@ def test_every_field_refuses_a_wrong_type_naming_it(field, value):
     ('sync_every_steps=-2', 'sync_every_steps=-2 is invalid'),
     ('train_limit=70000', 'train_limit=70000 is invalid: must be at most 60000'),
     ('validation_size=60000', 'validation_size=60000 is invalid'),
+    # The default 5,000-image validation split cannot come out of 2,048 training images.
+    ('train_limit=2048', 'validation_size=5000 is invalid: must be smaller than the training '
+     'images it is held out of (2048, config.train_limit); 0 = no validation split'),
     ('name=a/b', "name='a/b' is invalid"),
     ('batch_size=0', 'batch_size=0 is invalid'),
     ('num_epochs=0', 'num_epochs=0 is invalid'),
@@ -282,5 +286,5 @@ def test_every_field_refuses_a_wrong_type_naming_it(field, value):
 ])
 def test_impossible_values_name_field_value_and_what_is_valid(override, message):
   config = config_lib.apply_overrides(config_lib.default_config(), [override])
-  with pytest.raises(ConfigError, match=message.replace('(', r'\(')):
+  with pytest.raises(ConfigError, match=re.escape(message)):
     config_lib.validate_config(config)

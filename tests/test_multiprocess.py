@@ -69,7 +69,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_match_four_devices_and_restore_in_one(idx_dir, tfds_dir, prepared_data_env,
                                                              tmp_path):
-  common = ['train_limit=512', 'num_epochs=2']  # 2 epochs x 4 steps of 128
+  common = ['train_limit=512', 'validation_size=0', 'num_epochs=2']  # 2 epochs x 4 steps of 128
 
   def args(workdir, *extra):
     return ['train', *[f'--config.{o}' for o in tiny_overrides(idx_dir, tfds_dir, workdir)

@@ -104,6 +104,31 @@ def test_bad_checkpoint_directories_are_one_clear_error(tiny_run, tmp_path):
     assert str(directory) in str(info.value)
 
 
+def test_run_directory_checkpoint_choice_and_corrupt_latest_fallback(tiny_run, tmp_path, caplog):
+  run = tmp_path / 'run'
+  shutil.copytree(tiny_run['run'], run)
+  steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
+  assert len(steps) == 2  # keep_checkpoints=2, one per epoch
+  older = predict.load_classifier(run, checkpoint=steps[0]).variables
+  newest = predict.load_classifier(run).variables
+  assert not np.allclose(jax.tree.leaves(older)[0], jax.tree.leaves(newest)[0])
+  with pytest.raises(CheckpointError, match='validation_size > 0'):
+    predict.load_classifier(run, checkpoint='best')  # the tiny run kept no validation split
+  with pytest.raises(CheckpointError, match='no checkpoint step 7'):
+    predict.load_classifier(run, checkpoint=7)
+  with pytest.raises(CheckpointError, match='exported model'):
+    predict.load_classifier(tiny_run['exported'], checkpoint='best')
+  # A truncated newest step (a kill during the write that Orbax did not catch, a bad disk): the
+  # next one is used, as training's resume does, with a warning that names the skipped step.
+  for path in (run / 'checkpoints' / str(steps[1]) / 'state').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(b'\0garbage')
+  with caplog.at_level('WARNING'):
+    fallback = predict.load_classifier(run).variables
+  jax.tree.map(np.testing.assert_array_equal, fallback, older)
+  assert f'checkpoints/{steps[1]}' in caplog.text and 'skipped' in caplog.text
+
+
 def _run_predict(args, env):
   """`mnist-flax predict ARGS` in a fresh process that also reports whether TF was imported."""
   code = ('import sys; from mnist_flax import cli; rc = cli.main(sys.argv[1:]); '

@@ -160,10 +160,12 @@ def test_cli_explore_writes_the_data_plots(idx_dir, tfds_dir, tmp_path, real_dat
   check_png(out / explore.SAMPLES_FILE)
   check_png(out / explore.CLASS_COUNTS_FILE)
   check_png(out / explore.MEAN_IMAGES_FILE)
-  rows = table_rows((out / explore.EXPLORE_FILE).read_text(), 'digit')
-  assert [int(r[1]) for r in rows[:10]] == MNIST_TRAIN_COUNTS
-  assert [int(r[2]) for r in rows[:10]] == MNIST_TEST_COUNTS
-  assert rows[10] == ['all', '60000', '10000']
+  markdown = (out / explore.EXPLORE_FILE).read_text()
+  assert '| digit | train | validation | test |' in markdown  # the default holds out 5,000
+  rows = table_rows(markdown, 'digit')
+  assert [int(r[1]) + int(r[2]) for r in rows[:10]] == MNIST_TRAIN_COUNTS
+  assert [int(r[3]) for r in rows[:10]] == MNIST_TEST_COUNTS
+  assert rows[10] == ['all', '55000', '5000', '10000']
 
 
 def test_mean_images_and_class_counts():
@@ -174,3 +176,25 @@ def test_mean_images_and_class_counts():
   means = explore.mean_images(images, labels)
   assert means.shape == (10, 28, 28) and means[3, 0, 0] == 150 and means[5].sum() == 0
   assert explore.class_counts(labels).tolist() == [0, 0, 0, 2, 0, 2, 0, 0, 0, 0]
+
+
+def test_plots_leave_the_callers_matplotlib_backend_and_figures_alone(tmp_path):
+  # A notebook's inline backend (here: svg, any non-Agg one) must survive the library's plots,
+  # and no pyplot figure may pile up in the caller's session.
+  import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  code = f'''
+import matplotlib
+matplotlib.use('svg')
+import matplotlib.pyplot as plt
+import numpy as np
+from mnist_flax import report
+confusion = np.diag(np.full(10, 100)) + 1
+report.plot_per_class_accuracy(confusion, {str(tmp_path / 'per_class.png')!r})
+report.plot_confusion_matrix(confusion, {str(tmp_path / 'confusion.png')!r})
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+'''
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ['svg', '0']
+  check_png(tmp_path / 'per_class.png')
+  check_png(tmp_path / 'confusion.png')

@@ -99,7 +99,7 @@ def test_batch_not_divisible_by_devices_is_a_config_error(tiny_config):
 
 @pytest.mark.slow
 def test_eight_devices_match_one_and_resume_on_two(idx_dir, tfds_dir, prepared_data_env, tmp_path):
-  common = ['train_limit=512', 'batch_size=128', 'num_epochs=2']  # 2 epochs x 4 steps
+  common = ['train_limit=512', 'validation_size=0', 'batch_size=128', 'num_epochs=2']  # 2 epochs x 4 steps
   procs = {}
   for n in (1, 8):
     overrides = _tiny(idx_dir, tfds_dir, tmp_path / f'dev{n}', *common)

@@ -19,6 +19,7 @@ def get_config():
   config.model_kwargs.features = (32, 64)
   config.learning_rate = 3e-3
   config.num_epochs = 8
+  config.validation_size = 0  # final training on all 60,000
   config.label_smoothing = 0.05
   config.ema_decay = 0.999
   config.augment.translate = 2.0
