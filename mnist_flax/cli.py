@@ -4,7 +4,8 @@
     mnist-flax eval --workdir DIR
     mnist-flax explore [--out DIR]
     mnist-flax report --workdir DIR [--compare DIR2 ...]
-    mnist-flax predict [--workdir DIR] [--top-k K] [--json] [--show OUT.png] FILE...
+    mnist-flax predict [--workdir DIR ...] [--checkpoint C] [--tta T] [--top-k K] [--json]
+                       [--show OUT.png] FILE...
     mnist-flax export --workdir RUN --out DIR
 
 Every expected failure (bad config, data, checkpoint, image) is one line on stderr and a
@@ -106,7 +107,12 @@ def cmd_predict(args, overrides):
   from mnist_flax import predict, preprocess  # pylint: disable=import-outside-toplevel
   from mnist_flax.errors import ImageError  # pylint: disable=import-outside-toplevel
   predict.enable_compilation_cache()
-  classifier = predict.load_classifier(args.workdir, checkpoint=args.checkpoint)
+  workdirs = args.workdir or [None]
+  if len(workdirs) == 1 and args.tta == 'none' and '@' not in str(workdirs[0] or ''):
+    classifier = predict.load_classifier(workdirs[0], checkpoint=args.checkpoint)
+  else:  # several members and/or test-time augmentation: averaged probabilities
+    from mnist_flax import ensemble  # pylint: disable=import-outside-toplevel
+    classifier = ensemble.load_ensemble(workdirs, tta=args.tta, checkpoint=args.checkpoint)
   images, good, errors = [], [], {}
   for path in args.files:
     try:
@@ -197,9 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('predict', help='classify your own digit images (default: the shipped '
                                      'pretrained model)')
   p.add_argument('files', nargs='+', metavar='FILE', help='image files (PNG, JPEG, ...; any size)')
-  p.add_argument('--workdir', help='run directory or exported model (default: checkpoints/pretrained)')
+  p.add_argument('--workdir', action='append',
+                 help='run directory or exported model (default: checkpoints/pretrained); repeat '
+                      'it for an ensemble (averaged probabilities); DIR@best or DIR@STEP picks '
+                      'a step of that member')
   p.add_argument('--checkpoint', default='latest',
                  help="a run directory's step: latest (default), best (by validation) or a number")
+  p.add_argument('--tta', default='none',
+                 help='test-time augmentation: none (default), shift (5 views) or shift_rotate (7)')
   p.add_argument('--top-k', type=_top_k, default=3, help='how many ranked labels (1-10; default 3)')
   p.add_argument('--json', action='store_true', help='print JSON instead of one line per file')
   p.add_argument('--show', metavar='OUT.png',

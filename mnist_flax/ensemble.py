@@ -7,6 +7,10 @@
   of its kept checkpoints or `DIR@best` for its best-by-validation one; typically the same recipe
   trained with different seeds.
 
+`evaluate_ensemble` scores an ensemble on the test set (`mnist-flax ensemble`);
+`load_ensemble` returns one that classifies images like a single model (`mnist-flax predict
+--workdir A --workdir B [--tta shift]`, `EnsembleClassifier.classify`).
+
 Averaging probabilities (not logits, not votes) is the usual choice and is what An et al. (2020)
 and most MNIST ensembles report. Members are scored on the test set only to report: nothing
 here selects by test accuracy.
@@ -23,6 +27,7 @@ import numpy as np
 
 from mnist_flax import augment
 from mnist_flax.errors import ConfigError
+from mnist_flax import predict as predict_lib
 from mnist_flax.predict import predict, to_float
 
 # name -> views as (row shift, column shift, rotation in degrees); the identity comes first.
@@ -103,3 +108,46 @@ def evaluate_ensemble(specs: Sequence[str], tta: str = 'none', batch_size: int =
   return {'accuracy': correct / n, 'correct': correct, 'count': n, 'tta': tta,
           'members': [{'member': m.name, 'accuracy': int(c) / n}
                       for m, c in zip(members, member_correct)]}
+
+
+@dataclasses.dataclass
+class EnsembleClassifier(predict_lib.ClassifierBase):
+  """Several restored classifiers, and optionally TTA views, averaged into one classifier with the
+  API of `predict.Classifier` (`probabilities`, `predictions`, `classify`)."""
+  members: list
+  tta: str = 'none'
+
+  def probabilities(self, images) -> np.ndarray:
+    """uint8 (N, 28, 28[, 1]) MNIST-style images -> float32 (N, 10) averaged probabilities."""
+    views = tta_views(self.tta)
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[..., None]
+    if not len(images):
+      return np.zeros((0, 10), np.float32)
+    floats = to_float(images)
+    total = np.zeros((len(images), 10), np.float32)
+    for d_row, d_col, rotate in views:
+      view = images if (d_row, d_col, rotate) == (0, 0, 0) else np.asarray(
+          _view(floats, d_row, d_col, rotate))
+      for member in self.members:
+        total += member.probabilities(view)
+    return total / (len(views) * len(self.members))
+
+
+def load_ensemble(specs: Sequence[str | pathlib.Path | None], tta: str = 'none',
+                  checkpoint: str | int = 'latest', sharding=None) -> EnsembleClassifier:
+  """An EnsembleClassifier of run directories or exported models (None: the pretrained one).
+
+  A member is `DIR`, `DIR@STEP`, `DIR@best` or `DIR@latest`; without `@`, `checkpoint` applies.
+  Loads with `predict.load_classifier` (no TensorFlow), each onto this machine's first device.
+  """
+  tta_views(tta)  # an unknown TTA name fails before anything loads
+  if not specs:
+    raise ConfigError('an ensemble needs at least one member (a run directory)')
+  members = []
+  for spec in specs:
+    directory, _, which = str(spec).partition('@') if spec else ('', '', '')
+    members.append(predict_lib.load_classifier(directory or None, sharding,
+                                               checkpoint=which or checkpoint))
+  return EnsembleClassifier(members=members, tta=tta)

@@ -239,28 +239,12 @@ def _bucket(n: int) -> int:
   return min(MAX_BATCH, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
-@dataclasses.dataclass
-class Classifier:
-  """A restored model ready to classify: `model`, inference `variables`, its `config`."""
-  model: Any
-  variables: dict
-  config: Any
-  directory: pathlib.Path
-  summary: dict = dataclasses.field(default_factory=dict)
+class ClassifierBase:
+  """What every classifier shares: `probabilities(images)` (defined by subclasses) turned into
+  ranked `Prediction`s, from preprocessed arrays or from files, arrays and PIL images."""
 
   def probabilities(self, images) -> np.ndarray:
-    """uint8 (N, 28, 28[, 1]) MNIST-style images -> float32 (N, 10) probabilities."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-      images = images[..., None]
-    out = []
-    for start in range(0, len(images), MAX_BATCH):
-      chunk = images[start:start + MAX_BATCH]
-      size = _bucket(len(chunk))
-      if len(chunk) < size:
-        chunk = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(predict(self.model, self.variables, chunk)))
-    return np.concatenate(out)[:len(images)] if out else np.zeros((0, 10), np.float32)
+    raise NotImplementedError
 
   def predictions(self, images: np.ndarray, sources: Sequence[str], top_k: int = 3) -> list[Prediction]:
     """Predictions for already preprocessed images (uint8 (N, 28, 28))."""
@@ -281,6 +265,30 @@ class Classifier:
     inputs = list(inputs)
     images = np.stack([prep.preprocess(x) for x in inputs]) if inputs else np.zeros((0, 28, 28), np.uint8)
     return self.predictions(images, [prep.describe(x) for x in inputs], top_k)
+
+
+@dataclasses.dataclass
+class Classifier(ClassifierBase):
+  """A restored model ready to classify: `model`, inference `variables`, its `config`."""
+  model: Any
+  variables: dict
+  config: Any
+  directory: pathlib.Path
+  summary: dict = dataclasses.field(default_factory=dict)
+
+  def probabilities(self, images) -> np.ndarray:
+    """uint8 (N, 28, 28[, 1]) MNIST-style images -> float32 (N, 10) probabilities."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[..., None]
+    out = []
+    for start in range(0, len(images), MAX_BATCH):
+      chunk = images[start:start + MAX_BATCH]
+      size = _bucket(len(chunk))
+      if len(chunk) < size:
+        chunk = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+      out.append(np.asarray(predict(self.model, self.variables, chunk)))
+    return np.concatenate(out)[:len(images)] if out else np.zeros((0, 10), np.float32)
 
 
 def load_classifier(directory: str | pathlib.Path | None = None, sharding=None,

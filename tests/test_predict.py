@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import REPO
 from mnist_flax import config as config_lib, data, export, predict, preprocess, train
-from mnist_flax.errors import CheckpointError
+from mnist_flax.errors import CheckpointError, ConfigError
 
 SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))
 PRETRAINED = REPO / 'checkpoints' / 'pretrained'
@@ -168,6 +168,41 @@ def test_cli_predict_good_and_bad_files_without_tensorflow(tiny_run, tmp_path, r
   assert 'no config.json' in result.stderr
   result = _run_predict(['--top-k', '11', SAMPLES[0]], real_data_env)
   assert result.returncode == 2 and 'from 1 to 10' in result.stderr
+
+
+def test_ensemble_and_tta_in_predict_average_the_members_probabilities(tiny_run, mnist_test,
+                                                                       real_data_env):
+  from mnist_flax import ensemble
+  images = mnist_test[0][:300]
+  run = tiny_run['run']
+  steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
+  members = [predict.load_classifier(run, checkpoint=step) for step in steps]
+  both = ensemble.load_ensemble([f'{run}@{steps[0]}', run])  # no '@': the latest step
+  expected = (members[0].probabilities(images) + members[1].probabilities(images)) / 2
+  np.testing.assert_allclose(both.probabilities(images), expected, atol=1e-6)
+  assert not np.allclose(members[0].probabilities(images), expected, atol=1e-3)
+  # TTA: the same views as `mnist-flax ensemble` scores on the test set.
+  tta = ensemble.load_ensemble([run], tta='shift')
+  member = ensemble.Member('latest', members[1].model, members[1].variables)
+  np.testing.assert_allclose(tta.probabilities(images), np.asarray(ensemble.member_probs(
+      member, images, ensemble.TTA_VIEWS['shift'])), atol=1e-5)
+  assert [p.label for p in tta.classify(list(images[:3]))] == list(
+      np.argmax(tta.probabilities(images[:3]), -1))
+  with pytest.raises(ConfigError, match="unknown TTA 'flip'"):
+    ensemble.load_ensemble([run], tta='flip')
+
+  result = _run_predict(['--workdir', f'{run}@{steps[0]}', '--workdir', run, '--tta', 'shift',
+                         '--json', SAMPLES[0]], real_data_env)
+  assert result.returncode == 0, result.stderr
+  assert 'TENSORFLOW_IMPORTED' not in result.stderr
+  row = json.loads(result.stdout)[0]
+  image = preprocess.preprocess(SAMPLES[0])[None]
+  want = ensemble.load_ensemble([f'{run}@{steps[0]}', run], tta='shift').probabilities(image)[0]
+  assert row['label'] == int(np.argmax(want))
+  assert row['probability'] == pytest.approx(float(want.max()), abs=1e-5)
+  result = _run_predict(['--tta', 'flip', SAMPLES[0]], real_data_env)
+  assert result.returncode != 0 and "unknown TTA 'flip'" in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 # ---------------------------------------------------------------------------- the shipped model
