@@ -141,7 +141,7 @@ def cmd_predict(args, overrides):
 def cmd_export(args, overrides):
   from mnist_flax import export  # pylint: disable=import-outside-toplevel
   summary = export.export_model(args.workdir, args.out, idx_dir=args.idx_dir,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, checkpoint=args.checkpoint)
   print(f'exported {args.workdir} -> {args.out} ({export.directory_size(args.out) / 1e6:.2f} MB); '
         f'test accuracy through predict: {summary["export"]["predict_test_accuracy"]:.4f} '
         f'(run summary: {summary.get("test_accuracy", float("nan")):.4f})')
@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--out', required=True, help='output directory')
   p.add_argument('--idx-dir', help='MNIST IDX folder for the accuracy check (default: $MNIST_IDX_DIR)')
   p.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
+  p.add_argument('--checkpoint', default='latest',
+                 help="the run's step: latest (default), best (by validation) or a number")
   p.set_defaults(func=cmd_export)
   return parser
 

@@ -57,13 +57,16 @@ def mnist_test_set(idx_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: str | None = None,
-                 overwrite: bool = False) -> dict:
-  """Writes the inference-only model of run directory `workdir` to `out`; returns its summary."""
+                 overwrite: bool = False, checkpoint: str | int = 'latest') -> dict:
+  """Writes the inference-only model of run directory `workdir` to `out`; returns its summary.
+
+  `checkpoint`: the run's step to export, 'latest' (default), 'best' (by validation) or a number.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   workdir, out = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
   if out == workdir:
     raise CheckpointError(f'--out must differ from the run directory ({workdir})')
-  classifier = predict.load_classifier(workdir)
+  classifier = predict.load_classifier(workdir, checkpoint=checkpoint)
   if out.exists():
     if not overwrite and any(out.iterdir()):
       raise CheckpointError(f'{out} exists and is not empty; pass --overwrite to replace it')
@@ -78,9 +81,8 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
   exported = predict.load_classifier(out)  # measure what was written, through `predict`
   measured = measure_test_accuracy(exported, idx_dir)
   summary = dict(classifier.summary)
-  step_dir = predict._latest_step_dir(workdir)  # pylint: disable=protected-access
   summary['export'] = {
-      'from_run': workdir.name, 'from_step': int(step_dir.name) if step_dir else None,
+      'from_run': workdir.name, 'from_step': classifier.step,
       'variables': sorted(classifier.variables), 'ema': classifier.config.get('ema_decay', 0.0) > 0,
       'params': int(sum(np.size(x) for x in _leaves(classifier.variables['params']))),
       'predict_test_accuracy': measured['test_accuracy'],

@@ -100,12 +100,6 @@ def _step_dirs(directory: pathlib.Path) -> list[pathlib.Path]:
   return sorted(steps, key=lambda p: int(p.name), reverse=True)
 
 
-def _latest_step_dir(directory: pathlib.Path) -> Optional[pathlib.Path]:
-  """The newest finished Orbax step of a run directory."""
-  steps = _step_dirs(directory)
-  return steps[0] if steps else None
-
-
 def _describe_layout(directory: pathlib.Path) -> str:
   return (f'expected a run directory (config.json and checkpoints/<step>/, written by `mnist-flax '
           f'train`) or an exported model (config.json and {VARIABLES_DIR}/, written by '
@@ -160,13 +154,20 @@ def _model_name(directory: pathlib.Path) -> str:
 
 def restore_variables(directory: str | pathlib.Path, model, config, sharding=None,
                       checkpoint: str | int = 'latest') -> dict:
+  """The inference variables of a run directory or exported model (see `restore_with_step`)."""
+  return restore_with_step(directory, model, config, sharding, checkpoint)[0]
+
+
+def restore_with_step(directory: str | pathlib.Path, model, config, sharding=None,
+                      checkpoint: str | int = 'latest') -> tuple[dict, Optional[int]]:
   """The inference variables of a run directory or exported model, restored onto `sharding`.
 
   Default placement: this machine's first device. A run that kept an EMA of its weights
   (`config.ema_decay > 0`) is restored from the EMA, as its evaluation was. `checkpoint` picks a
   run directory's step: 'latest' (the newest step that restores; a corrupt or truncated newer one
   is skipped with a warning naming it, as in training), 'best' (best validation metric, see
-  `checkpoints.select_step`) or a step number. An exported model has one set of weights.
+  `checkpoints.select_step`) or a step number. An exported model has one set of weights. Returns (variables, the
+  step used, or None for an exported model).
   """
   directory = pathlib.Path(directory)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -176,7 +177,7 @@ def restore_variables(directory: str | pathlib.Path, model, config, sharding=Non
       raise CheckpointError(f'{directory} is an exported model with one set of weights; '
                             f'checkpoint={checkpoint!r} needs a run directory')
     return _check_finite(_restore(directory / VARIABLES_DIR, target, partial=False,
-                                  directory=directory), directory)
+                                  directory=directory), directory), None
   candidates = _step_dirs(directory)
   if not candidates:
     raise CheckpointError(f'{directory} holds no checkpoint (no {RUN_CHECKPOINT_DIR}/<step>/ or '
@@ -199,7 +200,7 @@ def restore_variables(directory: str | pathlib.Path, model, config, sharding=Non
     for bad, reason in skipped:
       logging.warning('skipped checkpoint %s: %s; using step %s instead', bad, reason,
                       step_dir.name)
-    return variables
+    return variables, int(step_dir.name)
   if len(skipped) == 1:
     raise CheckpointError(skipped[0][1])
   raise CheckpointError(f'{directory}: none of its checkpoints restores: '
@@ -275,6 +276,7 @@ class Classifier(ClassifierBase):
   config: Any
   directory: pathlib.Path
   summary: dict = dataclasses.field(default_factory=dict)
+  step: Optional[int] = None  # the run's checkpoint step restored (None: an exported model)
 
   def probabilities(self, images) -> np.ndarray:
     """uint8 (N, 28, 28[, 1]) MNIST-style images -> float32 (N, 10) probabilities."""
@@ -312,11 +314,11 @@ def load_classifier(directory: str | pathlib.Path | None = None, sharding=None,
                           f'{_describe_layout(directory)}')
   config = ml_collections.ConfigDict(_read_json(directory / CONFIG_FILE, 'config'))
   model = _model_of(config, directory)
-  variables = restore_variables(directory, model, config, sharding, checkpoint)
+  variables, step = restore_with_step(directory, model, config, sharding, checkpoint)
   summary = (_read_json(directory / SUMMARY_FILE, 'summary')
              if (directory / SUMMARY_FILE).is_file() else {})
   return Classifier(model=model, variables=variables, config=config, directory=directory,
-                    summary=summary)
+                    summary=summary, step=step)
 
 
 @functools.lru_cache(maxsize=4)

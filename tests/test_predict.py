@@ -53,6 +53,7 @@ def test_checkpoint_round_trip_predicts_like_the_in_memory_model(tiny_run, mnist
     assert accuracy == summary['test_accuracy'] > 0.5
   exported = json.loads((tiny_run['exported'] / 'summary.json').read_text())
   assert exported['export']['predict_test_accuracy'] == summary['test_accuracy']
+  assert exported['export']['from_step'] == summary['steps']  # the latest step
   # The export holds the weights only: far smaller than the run's checkpoint with Adam moments.
   assert export.directory_size(tiny_run['exported']) < export.directory_size(
       tiny_run['run'] / 'checkpoints') / 2
@@ -124,8 +125,9 @@ def test_run_directory_checkpoint_choice_and_corrupt_latest_fallback(tiny_run, t
     if path.is_file() and path.parent.name == 'd':
       path.write_bytes(b'\0garbage')
   with caplog.at_level('WARNING'):
-    fallback = predict.load_classifier(run).variables
-  jax.tree.map(np.testing.assert_array_equal, fallback, older)
+    fallback = predict.load_classifier(run)
+  jax.tree.map(np.testing.assert_array_equal, fallback.variables, older)
+  assert fallback.step == steps[0]
   assert f'checkpoints/{steps[1]}' in caplog.text and 'skipped' in caplog.text
 
 
