@@ -169,13 +169,18 @@ def plot_curves(records: list[dict], out: str | pathlib.Path, title: str = '',
   fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
   splits = (('train', '-o', 'black'), ('test', '--s', 'tab:orange'),
             ('validation', ':^', 'tab:blue'))
-  for ax, metric, label in ((ax_loss, 'loss', 'cross-entropy loss (log scale)'),
+  # Train figures are of the training objective (with label smoothing, dropout and augmentation
+  # when the config has them, raw weights); test and validation are the plain cross-entropy of
+  # the evaluated (EMA) weights. Their gap is not overfitting, and the legend says so.
+  legend = {'train': 'train (training objective)'}
+  for ax, metric, label in ((ax_loss, 'loss', 'loss (log scale)'),
                             (ax_acc, 'accuracy', 'accuracy (%)')):
     scale = 100.0 if metric == 'accuracy' else 1.0
     for split, style, color in splits:
       key = f'{split}_{metric}'
       if records and key in records[0]:
-        ax.plot(epochs, [r[key] * scale for r in records], style, color=color, label=split,
+        ax.plot(epochs, [r[key] * scale for r in records], style, color=color,
+                label=legend.get(split, split),
                 markersize=5)
     _epoch_axis(ax)
     ax.set_ylabel(label)
