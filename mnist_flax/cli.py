@@ -53,9 +53,11 @@ def cmd_train(args, overrides):
   from mnist_flax import report  # pylint: disable=import-outside-toplevel
   workdir = config_lib.resolve_workdir(config)
   summary = report.read_summary(workdir)
-  print(f'test accuracy {summary["test_accuracy"]:.4f}  test loss {summary["test_loss"]:.4f}  '
-        f'({summary["epochs"]} epochs, {summary["train_seconds"]:.1f}s training)  run directory: '
-        f'{workdir}')
+  validation = (f'  validation accuracy {summary["validation_accuracy"]:.4f}'
+                if 'validation_accuracy' in summary else '')
+  print(f'test accuracy {summary["test_accuracy"]:.4f}  test loss {summary["test_loss"]:.4f}'
+        f'{validation}  ({summary["epochs"]} epochs, {summary["train_seconds"]:.1f}s training)  '
+        f'run directory: {workdir}')
   return 0
 
 

@@ -489,7 +489,9 @@ def _train_and_evaluate(config, workdir, fresh: bool, cleanup: contextlib.ExitSt
       writer.scalars(step, {f'{k}': v for k, v in record.items() if k not in ('epoch', 'step')})
       print(f'epoch {epoch + 1:3d}/{config.num_epochs}  train_loss {train_loss:.4f}  '
             f'train_acc {record["train_accuracy"]:.4f}  test_loss {test["loss"]:.4f}  '
-            f'test_acc {test["accuracy"]:.4f}  ({seconds:.1f}s)', flush=True)
+            f'test_acc {test["accuracy"]:.4f}'
+            + (f'  val_acc {val["accuracy"]:.4f}' if val_eval is not None else '')
+            + f'  ({seconds:.1f}s)', flush=True)
     if policy.stop and epoch + 1 < config.num_epochs:
       raise _preempted(signals, step, ckpt)
 
@@ -505,6 +507,10 @@ def _train_and_evaluate(config, workdir, fresh: bool, cleanup: contextlib.ExitSt
         'model': config.model, 'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
         'data_source': datasets.source,
     }
+    if history and 'validation_accuracy' in history[-1]:  # the held-out split, for selection
+      summary.update(validation_accuracy=history[-1]['validation_accuracy'],
+                     validation_loss=history[-1]['validation_loss'],
+                     validation_size=config.validation_size)
     report.write_json(workdir / report.SUMMARY_FILE, summary)
     # curves.png (with the per-step learning rate) and a short report.md; no model evaluation,
     # so this stays cheap. `mnist-flax report` adds the confusion matrix and the mistakes.

@@ -204,6 +204,12 @@ def test_ema_differs_from_raw_and_is_what_is_evaluated(tricks_run):
   assert summary['test_loss'] == pytest.approx(ema_metrics['loss'], rel=1e-5)
   assert records[-1]['test_loss_raw'] == pytest.approx(raw_metrics['loss'], rel=1e-5)
   assert 'validation_accuracy' in records[-1]
+  # The summary reports the held-out split's final figures, equal to evaluating it directly.
+  val_metrics = train.Evaluator(data.load_datasets(config).validation, models.get_model(config),
+                                mesh, 1000)(state.variables())
+  assert summary['validation_size'] == 256
+  assert summary['validation_accuracy'] == records[-1]['validation_accuracy'] == pytest.approx(
+      val_metrics['accuracy'])
   # The checkpoint holds the EMA, and evaluating it from disk scores the EMA weights.
   assert train.evaluate(workdir)['loss'] == pytest.approx(ema_metrics['loss'], rel=1e-5)
 
