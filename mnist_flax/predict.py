@@ -132,6 +132,7 @@ def abstract_variables(model, sharding) -> dict:
 def _restore(path: pathlib.Path, item: dict, partial: bool, directory: pathlib.Path) -> dict:
   """Orbax restore of `item`'s leaves (abstract arrays) from the PyTree checkpoint at `path`."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = path.absolute()  # Orbax refuses relative paths (`--workdir checkpoints/default`)
   args = ocp.args.PyTreeRestore(item=item, partial_restore=partial,
                                 restore_args=ocp.checkpoint_utils.construct_restore_args(item))
   try:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from mnist_flax import config as config_lib, data, export, predict, preprocess, train
+from mnist_flax import augment, config as config_lib, data, export, predict, preprocess, train
 from mnist_flax.errors import CheckpointError, ConfigError
 
 SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))
@@ -105,12 +105,14 @@ def test_bad_checkpoint_directories_are_one_clear_error(tiny_run, tmp_path):
     assert str(directory) in str(info.value)
 
 
-def test_run_directory_checkpoint_choice_and_corrupt_latest_fallback(tiny_run, tmp_path, caplog):
+def test_run_directory_checkpoint_choice_and_corrupt_latest_fallback(tiny_run, tmp_path, caplog,
+                                                                     monkeypatch):
   run = tmp_path / 'run'
   shutil.copytree(tiny_run['run'], run)
   steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
   assert len(steps) == 2  # keep_checkpoints=2, one per epoch
-  older = predict.load_classifier(run, checkpoint=steps[0]).variables
+  monkeypatch.chdir(tmp_path)  # a relative path, as people type it (Orbax wants absolute ones)
+  older = predict.load_classifier('run', checkpoint=steps[0]).variables
   newest = predict.load_classifier(run).variables
   assert not np.allclose(jax.tree.leaves(older)[0], jax.tree.leaves(newest)[0])
   with pytest.raises(CheckpointError, match='validation_size > 0'):
@@ -183,11 +185,12 @@ def test_ensemble_and_tta_in_predict_average_the_members_probabilities(tiny_run,
   expected = (members[0].probabilities(images) + members[1].probabilities(images)) / 2
   np.testing.assert_allclose(both.probabilities(images), expected, atol=1e-6)
   assert not np.allclose(members[0].probabilities(images), expected, atol=1e-3)
-  # TTA: the same views as `mnist-flax ensemble` scores on the test set.
+  # TTA: the mean over the views (the identity and four 1-pixel shifts).
   tta = ensemble.load_ensemble([run], tta='shift')
-  member = ensemble.Member('latest', members[1].model, members[1].variables)
-  np.testing.assert_allclose(tta.probabilities(images), np.asarray(ensemble.member_probs(
-      member, images, ensemble.TTA_VIEWS['shift'])), atol=1e-5)
+  views = [members[1].probabilities(np.asarray(augment.shift_images(
+      predict.to_float(images), *view))) for view in ensemble.TTA_VIEWS['shift']]
+  np.testing.assert_allclose(tta.probabilities(images), sum(views) / len(views), atol=1e-5)
+  assert not np.allclose(tta.probabilities(images), views[0], atol=1e-4)
   assert [p.label for p in tta.classify(list(images[:3]))] == list(
       np.argmax(tta.probabilities(images[:3]), -1))
   with pytest.raises(ConfigError, match="unknown TTA 'flip'"):

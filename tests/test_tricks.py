@@ -16,6 +16,7 @@ import pytest
 from conftest import tiny_overrides
 from mnist_flax import augment, cli, config as config_lib, data, ensemble, models, train
 from mnist_flax.errors import ConfigError
+from mnist_flax import predict as predict_lib
 from mnist_flax.predict import predict
 
 SPEC = augment.AugmentSpec(translate=2, rotate=15, scale=0.1, shear=10, elastic_alpha=8,
@@ -216,19 +217,20 @@ def test_ema_differs_from_raw_and_is_what_is_evaluated(tricks_run):
 
 def test_tta_and_checkpoint_ensemble(tricks_run, capsys):
   config, workdir, _, state = tricks_run
-  member = ensemble.load_member(str(workdir))
+  member = predict_lib.load_classifier(workdir)
   images = data.load_datasets(config).test.images[:200]
-  plain = ensemble.member_probs(member, images)
+  plain = ensemble.view_probabilities(member, images)
   np.testing.assert_allclose(plain.sum(-1), 1.0, atol=1e-5)
   np.testing.assert_allclose(plain, predict(member.model, state.variables(), images),
                              atol=1e-6)
-  tta = ensemble.member_probs(member, images, ensemble.TTA_VIEWS['shift'])
+  tta = ensemble.view_probabilities(member, images, ensemble.TTA_VIEWS['shift'])
   assert not np.allclose(tta, plain)
   # One epoch, one checkpoint: the best-by-validation member is the same one.
-  np.testing.assert_allclose(ensemble.member_probs(ensemble.load_member(f'{workdir}@best'), images),
+  np.testing.assert_allclose(ensemble.load_ensemble([f'{workdir}@best']).probabilities(images),
                              plain, atol=1e-6)
   # Two identical members average to themselves; the CLI reports the same figure as `eval`.
-  np.testing.assert_allclose(ensemble.ensemble_probs([member, member], images), plain, atol=1e-6)
+  np.testing.assert_allclose(ensemble.load_ensemble([workdir, workdir]).probabilities(images),
+                             plain, atol=1e-6)
   assert cli.main(['ensemble', '--workdir', str(workdir), '--workdir', str(workdir)]) == 0
   accuracy = json.loads((workdir / 'summary.json').read_text())['test_accuracy']
   assert f'ensemble of 2: test accuracy {accuracy:.4f}' in capsys.readouterr().out
