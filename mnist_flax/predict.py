@@ -153,12 +153,6 @@ def _model_name(directory: pathlib.Path) -> str:
     return '?'
 
 
-def restore_variables(directory: str | pathlib.Path, model, config, sharding=None,
-                      checkpoint: str | int = 'latest') -> dict:
-  """The inference variables of a run directory or exported model (see `restore_with_step`)."""
-  return restore_with_step(directory, model, config, sharding, checkpoint)[0]
-
-
 def restore_with_step(directory: str | pathlib.Path, model, config, sharding=None,
                       checkpoint: str | int = 'latest') -> tuple[dict, Optional[int]]:
   """The inference variables of a run directory or exported model, restored onto `sharding`.
@@ -167,8 +161,8 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
   (`config.ema_decay > 0`) is restored from the EMA, as its evaluation was. `checkpoint` picks a
   run directory's step: 'latest' (the newest step that restores; a corrupt or truncated newer one
   is skipped with a warning naming it, as in training), 'best' (best validation metric, see
-  `checkpoints.select_step`) or a step number. An exported model has one set of weights. Returns (variables, the
-  step used, or None for an exported model).
+  `checkpoints.select_step`) or a step number. An exported model has one set of weights.
+  Returns (variables, the step used or None for an exported model).
   """
   directory = pathlib.Path(directory)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
