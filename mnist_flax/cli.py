@@ -106,15 +106,12 @@ def cmd_predict(args, overrides):
   """Classifies image files; bad files are reported and the good ones still classified."""
   # Light imports only: JAX, Flax, Orbax, Pillow. Never TensorFlow/TFDS (start-up time).
   import json  # pylint: disable=import-outside-toplevel
-  from mnist_flax import predict, preprocess  # pylint: disable=import-outside-toplevel
+  from mnist_flax import ensemble, predict, preprocess  # pylint: disable=import-outside-toplevel
   from mnist_flax.errors import ImageError  # pylint: disable=import-outside-toplevel
   predict.enable_compilation_cache()
-  workdirs = args.workdir or [None]
-  if len(workdirs) == 1 and args.tta == 'none' and '@' not in str(workdirs[0] or ''):
-    classifier = predict.load_classifier(workdirs[0], checkpoint=args.checkpoint)
-  else:  # several members and/or test-time augmentation: averaged probabilities
-    from mnist_flax import ensemble  # pylint: disable=import-outside-toplevel
-    classifier = ensemble.load_ensemble(workdirs, tta=args.tta, checkpoint=args.checkpoint)
+  # One model is an ensemble of one: the same probabilities, one code path.
+  classifier = ensemble.load_ensemble(args.workdir or [None], tta=args.tta,
+                                      checkpoint=args.checkpoint)
   images, good, errors = [], [], {}
   for path in args.files:
     try:
