@@ -314,6 +314,10 @@ def load_datasets(config) -> Datasets:
     train = train.take(slice(0, config.train_limit))
   validation = None
   n_val = config.get('validation_size', 0)
+  if n_val and n_val >= len(train):
+    raise DataError(f'config.validation_size={n_val} must be smaller than the {len(train)} '
+                    f'training images available ({description}); set --config.validation_size=0 '
+                    'or a smaller split')
   if n_val:
     order = np.random.default_rng(0).permutation(len(train))
     validation = train.take(np.sort(order[-n_val:]))

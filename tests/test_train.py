@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mnist_flax import config as config_lib, data, report, train
-from mnist_flax.errors import CheckpointError
+from mnist_flax.errors import CheckpointError, DataError
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'curves.png', 'checkpoints', 'tensorboard')
 
@@ -73,6 +73,10 @@ def test_under_tfds_mock_data(tmp_path, monkeypatch):
     raw = data.load_raw(config)
   assert 'TFDS mnist' in raw[2] and len(raw[0]) == 128
   monkeypatch.setattr(data, 'load_raw', lambda _: raw)
+  # The default 5,000-image validation split cannot come out of 128 images: one clear error.
+  with pytest.raises(DataError, match='validation_size=5000 must be smaller than the 128'):
+    train.train_and_evaluate(config)
+  config.validation_size = 0
   state = train.train_and_evaluate(config)
   assert int(state.step) == 4
   summary = report.read_summary(tmp_path / 'run')
