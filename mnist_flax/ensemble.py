@@ -54,19 +54,14 @@ def view_probabilities(classifier, images, views=TTA_VIEWS['none']) -> np.ndarra
   """(N, 10) probabilities of one classifier, averaged over the TTA `views` of `images`
   (uint8 [0, 255] or float [0, 1], (N, 28, 28[, 1]))."""
   images = np.asarray(images)
-  if images.ndim == 3:
-    images = images[..., None]
   if not len(images):
     return np.zeros((0, 10), np.float32)
-  floats = None
-  total = np.zeros((len(images), 10), np.float32)
+  floats = to_float(images) if len(views) > 1 else None  # NHWC float, what the warps take
+  total = 0.0
   for d_row, d_col, rotate in views:
-    if (d_row, d_col, rotate) == (0, 0, 0):
-      view = images
-    else:
-      floats = to_float(images) if floats is None else floats
-      view = np.asarray(_view(floats, d_row, d_col, rotate))
-    total += classifier.probabilities(view)
+    identity = (d_row, d_col, rotate) == (0, 0, 0)
+    view = images if identity else np.asarray(_view(floats, d_row, d_col, rotate))
+    total = total + classifier.probabilities(view)
   return total / len(views)
 
 
