@@ -71,10 +71,11 @@ def cmd_eval(args, overrides):
 
 def cmd_ensemble(args, overrides):
   from mnist_flax import ensemble  # pylint: disable=import-outside-toplevel
-  result = ensemble.evaluate_ensemble(args.workdir, tta=args.tta)
+  result = ensemble.evaluate_ensemble(args.workdir, tta=args.tta, split=args.split)
   for member in result['members']:
-    print(f'member {member["member"]}: test accuracy {member["accuracy"]:.4f} (tta {args.tta})')
-  print(f'ensemble of {len(result["members"])}: test accuracy {result["accuracy"]:.4f}  '
+    print(f'member {member["member"]}: {args.split} accuracy {member["accuracy"]:.4f} '
+          f'(tta {args.tta})')
+  print(f'ensemble of {len(result["members"])}: {args.split} accuracy {result["accuracy"]:.4f}  '
         f'({result["correct"]}/{result["count"]} correct, tta {args.tta})')
   return 0
 
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help='run directory (or DIR@STEP, DIR@best); repeat for each member')
   p.add_argument('--tta', default='none', choices=['none', 'shift', 'shift_rotate'],
                  help='test-time views averaged per member (default: none)')
+  p.add_argument('--split', default='test', choices=['test', 'validation'],
+                 help='score on the test set (reporting, default) or on the validation split '
+                      '(choosing members/TTA; members need the same --config.validation_size)')
   p.set_defaults(func=cmd_ensemble)
 
   p = sub.add_parser('explore', help='plot sample digits, class counts and mean digits (PNGs)',

@@ -110,15 +110,29 @@ def load_ensemble(specs: Sequence[str | pathlib.Path | None], tta: str = 'none',
                             names=[str(s) if s else 'pretrained' for s in specs])
 
 
-def evaluate_ensemble(specs: Sequence[str], tta: str = 'none', batch_size: int = 1000) -> dict:
-  """Test accuracy of each member and of their average, with the chosen TTA views.
+def evaluate_ensemble(specs: Sequence[str], tta: str = 'none', batch_size: int = 1000,
+                      split: str = 'test') -> dict:
+  """Accuracy of each member and of their average on `split`, with the chosen TTA views.
 
-  The test images are read with the first member's data settings (its config.json).
+  The images are read with the first member's data settings (its config.json). `split` is
+  'test' (for reporting) or 'validation' (for choosing members, TTA or recipes honestly: the
+  held-out part of the training images that the members were trained without, so they must all
+  have been trained with the same `validation_size`, which is checked).
   """
   from mnist_flax import data  # pylint: disable=import-outside-toplevel
+  if split not in ('test', 'validation'):
+    raise ConfigError(f'unknown split {split!r}; expected "test" or "validation"')
   ensemble = load_ensemble(specs, tta=tta)
   config = ensemble.members[0].config
-  test = data.load_datasets(config).test
+  if split == 'validation':
+    sizes = {name: member.config.get('validation_size', 0)
+             for name, member in zip(ensemble.names, ensemble.members)}
+    if len(set(sizes.values())) != 1 or not next(iter(sizes.values())):
+      raise ConfigError('a validation score needs members all trained with the same nonzero '
+                        f'validation_size (theirs: {sizes}); otherwise some members trained on '
+                        'those images. Use --split test, or retrain with --config.validation_size')
+  datasets = data.load_datasets(config)
+  test = datasets.validation if split == 'validation' else datasets.test
   member_correct = np.zeros(len(ensemble.members), np.int64)
   correct = 0
   for start in range(0, len(test), batch_size):
@@ -128,6 +142,6 @@ def evaluate_ensemble(specs: Sequence[str], tta: str = 'none', batch_size: int =
     member_correct += [int(np.sum(np.argmax(p, -1) == labels)) for p in probs]
     correct += int(np.sum(np.argmax(sum(probs), -1) == labels))
   n = len(test)
-  return {'accuracy': correct / n, 'correct': correct, 'count': n, 'tta': tta,
+  return {'accuracy': correct / n, 'correct': correct, 'count': n, 'tta': tta, 'split': split,
           'members': [{'member': name, 'accuracy': int(c) / n}
                       for name, c in zip(ensemble.names, member_correct)]}

@@ -83,3 +83,19 @@ def test_default_config_needs_no_repository_checkout(monkeypatch, tmp_path):
   monkeypatch.setattr(config_lib, 'REPO_ROOT', tmp_path)
   assert config_lib.default_config().to_dict() == from_file.to_dict()
   assert config_lib.default_config().validation_size == 5000  # issue #5: held out by default
+
+
+@pytest.mark.parametrize('path, overrides', [
+    (path, []) for path in sorted((config_lib.REPO_ROOT / 'experiments' / 'configs').glob('*.py'))
+] + [(config_lib.REPO_ROOT / 'experiments/configs/an_cnn.py', [f'model={m}']) for m in ('m3', 'm7')],
+    ids=lambda p: p.stem if hasattr(p, 'stem') else ','.join(p))
+def test_every_shipped_config_validates_and_builds_its_model(path, overrides):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mnist_flax import models  # pylint: disable=import-outside-toplevel
+  config = config_lib.apply_overrides(config_lib.load_config_file(path, validate=False), overrides)
+  config_lib.validate_config(config)
+  model = models.get_model(config)
+  logits = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((2, 28, 28, 1)))[0])
+  assert logits.shape == (2, 10)

@@ -7,6 +7,7 @@ the tests that need a trained run directory.
 
 import functools
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -236,3 +237,14 @@ def test_tta_and_checkpoint_ensemble(tricks_run, capsys):
   assert f'ensemble of 2: test accuracy {accuracy:.4f}' in capsys.readouterr().out
   assert cli.main(['ensemble', '--workdir', f'{workdir}@last']) != 0
   assert 'DIR@STEP' in capsys.readouterr().err
+  # Scored on the validation split (for choosing members honestly), it matches the run's own
+  # validation figure; a member trained on those images (validation_size 0) is refused.
+  assert cli.main(['ensemble', '--split', 'validation', '--workdir', str(workdir)]) == 0
+  val_accuracy = json.loads((workdir / 'summary.json').read_text())['validation_accuracy']
+  assert f'ensemble of 1: validation accuracy {val_accuracy:.4f}' in capsys.readouterr().out
+  no_val = workdir.parent / 'no-validation-member'
+  shutil.copytree(workdir, no_val)
+  saved = json.loads((no_val / 'config.json').read_text())
+  (no_val / 'config.json').write_text(json.dumps(dict(saved, validation_size=0)))
+  with pytest.raises(ConfigError, match='validation_size'):
+    ensemble.evaluate_ensemble([str(workdir), str(no_val)], split='validation')
