@@ -12,7 +12,8 @@ Model selection runs (ablations) add --config.validation_size=5000 and compare v
 Reach (experiments/RESULTS.md; 2-core Xeon CPU, JAX 0.10.2, 2026-11-26): 99.68% +- 0.04 test
 accuracy over 3 seeds (99.71, 99.69, 99.63), 25.5 min of training and ~27.5 min per
 process per seed on the idle machine (issue #5 target: >= 99.65% mean in <= 30 min: met).
-The 3-seed ensemble: 99.70%, 99.69% with --tta shift_rotate (target 99.75%: not met).
+The 3-seed ensemble: 99.70%, 99.69% with --tta shift_rotate (target 99.75%: not met; a GPU
+sweep of 23 members, RESULTS.md, found no ensemble of 12-epoch members above 99.74%).
 The 8-epoch version (--config.num_epochs=8, ~17 min) gave 99.61% +- 0.04.
 """
 
