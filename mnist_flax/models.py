@@ -12,6 +12,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mnist_flax.cpu_conv import conv_for_backend
+
 MODELS: dict[str, type[nn.Module]] = {}
 
 
@@ -78,11 +80,15 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     x = x.astype(self.dtype)
+    # Training steps take the CPU-friendly convolution (mnist_flax/cpu_conv.py: +50% images/s
+    # on the 2-core CPU, same parameters and results); inference keeps the plain one, which is
+    # faster for forward-only batches there.
+    conv = conv_for_backend() if train else None
     for features in self.features:
       for kernel, stride, padding in (((3, 3), 1, 'VALID'), ((3, 3), 1, 'VALID'),
                                       ((5, 5), 2, 'SAME')):
         x = nn.Conv(features, kernel, strides=stride, padding=padding, use_bias=False,
-                    dtype=self.dtype)(x)
+                    dtype=self.dtype, conv_general_dilated=conv)(x)
         x = nn.relu(_batch_norm(train, self.dtype)(x))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
