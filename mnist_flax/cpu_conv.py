@@ -120,10 +120,12 @@ def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
   if isinstance(padding, str):
     padding = lax.padtype_to_pads((h, w), (kh, kw), strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)  # hashable: a custom_vjp static arg
-  conv = plain
-  if strides == (2, 2) and max(h, w) <= S2D_MAX_SIZE:
-    def conv(x):
+  s2d = strides == (2, 2) and max(h, w) <= S2D_MAX_SIZE
+
+  def conv(x):
+    if s2d:
       return _strided_conv(x, rhs, pads, precision, preferred_element_type)
+    return plain(x)
   out_h = (h + sum(pads[0]) - kh) // strides[0] + 1
   out_w = (w + sum(pads[1]) - kw) // strides[1] + 1
   per_image = out_h * out_w * kh * kw * cin * jnp.dtype(lhs.dtype).itemsize

@@ -2,7 +2,6 @@
 bad checkpoints and files, the CLI without TensorFlow, and the shipped pretrained model."""
 
 import json
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from mnist_flax import augment, config as config_lib, data, export, predict, preprocess, train
+from mnist_flax import augment, config as config_lib, export, predict, preprocess, train
 from mnist_flax.errors import CheckpointError, ConfigError
 
 SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))

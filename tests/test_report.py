@@ -4,8 +4,6 @@ One tiny run (trained once per module) feeds every test; the CLI runs in subproc
 the command itself is under test.
 """
 
-import json
-import re
 import shutil
 
 import numpy as np
