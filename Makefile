@@ -1,18 +1,20 @@
 # Two commands on a fresh machine with Python 3.11+:
 #   make train   # set up .venv, train the default config, print test accuracy, save a checkpoint
-#   make test    # set up .venv, run the test suite
+#   make test    # set up the test environments (nox) and run the test suite in both
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= experiments/configs/default.py
 ARGS   ?=
+# nox finds its interpreters (python3.11, python3.13) on PATH; pyenv keeps them in versions/*/bin.
+PYENV_BINS := $(shell for d in $$(pyenv root 2>/dev/null)/versions/3.1[1-3]*/bin; do [ -d "$$d" ] && printf '%s:' "$$d"; done)
 
-.PHONY: setup train test clean
+.PHONY: setup train test test-fast test-colab clean
 
 $(BIN)/mnist-flax: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[serve]' nox
 	touch $@
 
 setup: $(BIN)/mnist-flax
@@ -20,8 +22,13 @@ setup: $(BIN)/mnist-flax
 train: setup
 	$(BIN)/mnist-flax train --config $(CONFIG) $(ARGS)
 
+# Both environments of noxfile.py: the whole suite on Python 3.11 (with TensorFlow), the
+# TensorFlow-free tests on Python 3.13 with a Colab TPU runtime's versions.
 test: setup
-	$(BIN)/python -m pytest -q $(ARGS)
+	PATH="$(PYENV_BINS)$$PATH" $(BIN)/nox -- $(ARGS)
+
+test-colab: setup
+	PATH="$(PYENV_BINS)$$PATH" $(BIN)/nox -s colab -- $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .nox .pytest_cache

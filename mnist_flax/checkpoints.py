@@ -302,7 +302,7 @@ def select_step(workdir: str | pathlib.Path, which: str | int = 'latest',
 # the work is spread over devices. Every other field changes the numbers, so a run directory
 # refuses a config that differs in any of them (new fields are covered without listing them).
 RESUMABLE_FIELDS = frozenset({
-    'name', 'workdir', 'data_source', 'idx_dir', 'tfds_data_dir', 'eval_batch_size',
+    'name', 'workdir', 'data_source', 'idx_dir', 'tfds_data_dir', 'download_url', 'eval_batch_size',
     'keep_checkpoints', 'checkpoint_every_steps', 'checkpoint_every_seconds', 'best_metric',
     'cpu_devices', 'sync_every_steps', 'progress_bar', 'distributed', 'coordinator_address',
     'num_processes', 'process_id'})

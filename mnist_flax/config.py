@@ -69,11 +69,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_epochs = 3
   config.seed = 0
 
-  # Data. data_source: 'auto' (local IDX files if idx_dir or $MNIST_IDX_DIR is set, else
-  # TFDS 'mnist'), 'tfds' or 'idx'.
+  # Data (mnist_flax/data/sources.py). data_source: 'idx' (a local folder of the four IDX
+  # files: idx_dir, else $MNIST_IDX_DIR), 'tfds' (TFDS's mnist, prepared if needed: preparing
+  # needs TensorFlow), 'download' (the IDX files from TFDS's location, verified; no TensorFlow)
+  # or 'auto' (idx if a folder is given, else tfds where TensorFlow or a readable prepared copy
+  # is, else download). Every source gives the same arrays in the same order.
   config.data_source = 'auto'
   config.idx_dir = ''
-  config.tfds_data_dir = ''  # '' -> TFDS default (~/tensorflow_datasets)
+  config.tfds_data_dir = ''  # '' -> $TFDS_DATA_DIR, else TFDS default (~/tensorflow_datasets)
+  config.download_url = ''  # '' -> $MNIST_DOWNLOAD_URL, else TFDS's (a mirror's base URL)
   # Images held out of the 60,000 for model selection (the `best` checkpoint, early stopping,
   # hyperparameter search): a fixed split that never touches the test set. 0 = final training on
   # all 60,000 (best.py, speedrun.py and pretrained.py do that).
@@ -270,8 +274,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _require(get('batch_size') >= 1, 'batch_size', get('batch_size'), 'must be >= 1')
   _require(get('eval_batch_size') >= 1, 'eval_batch_size', get('eval_batch_size'), 'must be >= 1')
   _require(get('num_epochs') >= 1, 'num_epochs', get('num_epochs'), 'must be >= 1')
-  _require(get('data_source') in ('auto', 'tfds', 'idx'), 'data_source', get('data_source'),
-           "'auto', 'tfds' or 'idx'")
+  _require(get('data_source') in ('auto', 'idx', 'tfds', 'download'), 'data_source',
+           get('data_source'), "'auto', 'idx', 'tfds' or 'download'")
+  _require(not get('download_url') or get('download_url').startswith(('http://', 'https://')),
+           'download_url', get('download_url'), "an http:// or https:// base URL ('' = TFDS's)")
   _require(0 <= get('validation_size') < 60000, 'validation_size', get('validation_size'),
            'must be in [0, 60000)')
   _require(get('train_limit') >= 0, 'train_limit', get('train_limit'), 'must be >= 0 (0 = all)')

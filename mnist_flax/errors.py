@@ -37,4 +37,18 @@ class ImageError(MnistFlaxError, ValueError):
   """An input image is missing, unreadable, blank or too large."""
 
 
+class MissingExtraError(MnistFlaxError, ImportError):
+  """A feature needs an optional package; the message says which extra installs it."""
+
+
+def require(module: str, extra: str, feature: str):
+  """Imports `module`, or raises MissingExtraError naming the extra that provides it."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise MissingExtraError(f'{feature} needs the optional package {module.split(".")[0]!r}: '
+                            f'pip install "mnist_flax[{extra}]"') from None
+
+
 USER_ERRORS = (MnistFlaxError, OSError)

@@ -81,7 +81,9 @@ def _cosine(config, total_steps, steps_per_epoch):
 
 def _warmup_cosine(config, total_steps, steps_per_epoch):
   warmup = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1), total_steps)
+  # optax needs a cosine part of at least one step: a one-step run (a smoke test) gets two.
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1),
+                                            max(total_steps, 2))
 
 
 def _onecycle(config, total_steps, steps_per_epoch):

@@ -1,10 +1,12 @@
-"""Shared fixtures: the real MNIST IDX files, a session-wide TFDS dir, and a tiny config.
+"""Shared fixtures: the real MNIST IDX files, a session-wide data dir, and a tiny config.
 
 Tests read MNIST from `$MNIST_IDX_DIR` (CI sets it), else from `../shared/mnist` beside the
-checkout. Nothing downloads. The TFDS data prepared from the IDX files (about 15 s once) lives in
-a session-wide temporary folder shared by all tests.
+checkout. Nothing reaches the internet: the download tests serve files from 127.0.0.1. Tests
+marked `tensorflow` are skipped, with that reason, where TensorFlow is not installed (the
+`colab` nox session).
 """
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -21,14 +23,22 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _find_idx_dir():
-  for candidate in (os.environ.get('MNIST_IDX_DIR'), REPO.parent / 'shared' / 'mnist',
-                    pathlib.Path('/work/shared/mnist')):
+  for candidate in (os.environ.get('MNIST_IDX_DIR'), REPO.parent / 'shared' / 'mnist'):
     if candidate and (pathlib.Path(candidate) / 'train-images-idx3-ubyte.gz').exists():
       return pathlib.Path(candidate)
   return None
 
 
 IDX_DIR = _find_idx_dir()
+HAS_TENSORFLOW = importlib.util.find_spec('tensorflow') is not None
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  skip = pytest.mark.skip(reason='needs TensorFlow (pip install "mnist_flax[tensorflow]")')
+  for item in items:
+    if 'tensorflow' in item.keywords and not HAS_TENSORFLOW:
+      item.add_marker(skip)
 
 
 @pytest.fixture(scope='session')
@@ -52,12 +62,8 @@ def real_data_env(idx_dir, tfds_dir):
 
 
 @pytest.fixture(scope='session')
-def prepared_data_env(real_data_env, idx_dir, tfds_dir):
-  """`real_data_env` with the data already prepared in `tfds_dir` (here, once): subprocesses
-  started together then only read it (two preparing the same TFDS folder at once collide)."""
-  from mnist_flax import config as config_lib, data  # pylint: disable=import-outside-toplevel
-  data.load_datasets(config_lib.apply_overrides(config_lib.default_config(), [
-      f'idx_dir={idx_dir}', f'tfds_data_dir={tfds_dir}', 'data_source=idx']))
+def prepared_data_env(real_data_env):
+  """`real_data_env` (the IDX files need no preparation any more: kept for the tests using it)."""
   return real_data_env
 
 

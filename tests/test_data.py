@@ -72,29 +72,22 @@ def test_missing_file_and_missing_folder(idx_copy, tmp_path):
     data.find_idx_files(tmp_path / 'nowhere')
 
 
-def test_offline_without_any_source_says_how_to_train_offline(tmp_path, monkeypatch):
+def test_idx_source_without_a_folder_says_how_to_train_offline(monkeypatch):
   monkeypatch.delenv('MNIST_IDX_DIR', raising=False)
-  monkeypatch.setattr(data, '_can_reach', lambda *a, **k: False)
-  config = ml_collections.ConfigDict(dict(data_source='auto', idx_dir='', tfds_data_dir=str(tmp_path)))
-  with pytest.raises(DataError, match='offline.*MNIST_IDX_DIR'):
+  config = ml_collections.ConfigDict(dict(data_source='idx', idx_dir='', tfds_data_dir=''))
+  with pytest.raises(DataError, match='needs a folder.*MNIST_IDX_DIR'):
     data.load_raw(config)
 
 
-def test_idx_source_goes_through_tfds_builder(idx_dir, tfds_dir):
-  config = ml_collections.ConfigDict(dict(data_source='idx', idx_dir=str(idx_dir),
-                                          tfds_data_dir=str(tfds_dir)))
-  train, test, source = data.load_raw(config)
-  assert 'mnist_idx' in source
-  assert train.images.shape == (60000, 28, 28, 1) and train.images.dtype == np.uint8
-  assert train.labels.dtype == np.int32 and test.labels.dtype == np.int32
-  assert np.bincount(train.labels).tolist() == TRAIN_COUNTS
-  assert np.bincount(test.labels).tolist() == TEST_COUNTS
-  # Same images as the raw files (TFDS stores them in its own shuffled order).
-  raw = data.read_idx_dir(idx_dir)
-  assert np.array_equal(np.sort(test.images.reshape(10000, -1).sum(1)),
-                        np.sort(raw['test_images'].reshape(10000, -1).astype(np.int64).sum(1)))
-  # The prepared TFDS dataset is on disk, keyed by the files' contents.
-  assert list(tfds_dir.glob('mnist_idx/*/mnist_idx/3.0.1/dataset_info.json'))
+def test_small_source_holds_out_the_same_fraction(monkeypatch):
+  """A source smaller than MNIST (tfds mock_data, a subset) scales the default validation split."""
+  images = np.zeros((600, 28, 28, 1), np.uint8)
+  split = data.Split(images, np.arange(600, dtype=np.int32) % 10)
+  monkeypatch.setattr(data, 'load_raw', lambda _: (split, split, 'small'))
+  config = ml_collections.ConfigDict(dict(validation_size=5000, train_limit=0))
+  ds = data.load_datasets(config)
+  assert len(ds.validation) == 50 and len(ds.train) == 550
+  assert not set(ds.validation.labels.tolist()) - set(range(10))
 
 
 def test_validation_split_is_held_out_of_train_only(idx_dir, tfds_dir):
@@ -107,12 +100,3 @@ def test_validation_split_is_held_out_of_train_only(idx_dir, tfds_dir):
   key = lambda imgs: {bytes(x) for x in imgs.reshape(len(imgs), -1)}  # noqa: E731
   assert not key(ds.validation.images) & key(ds.train.images[:20000])
   assert len(key(ds.validation.images) | key(ds.train.images)) >= len(key(full.images)) - 10
-
-
-def test_mock_data_is_used_uncached(tmp_path):
-  import tensorflow_datasets as tfds
-  config = ml_collections.ConfigDict(dict(data_source='tfds', idx_dir='', tfds_data_dir=str(tmp_path)))
-  with tfds.testing.mock_data(num_examples=64):
-    train, test, _ = data.load_raw(config)
-  assert train.images.shape == (64, 28, 28, 1) and len(test) == 64
-  assert not (tmp_path / 'mnist_flax_arrays').exists()

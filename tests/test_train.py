@@ -62,6 +62,7 @@ def test_data_is_sharded_over_devices(tiny_config):
   assert leaf.sharding.is_fully_replicated
 
 
+@pytest.mark.tensorflow
 def test_under_tfds_mock_data(tmp_path, monkeypatch):
   config = config_lib.apply_overrides(config_lib.default_config(), [
       'data_source=tfds', f'tfds_data_dir={tmp_path / "tfds"}', f'workdir={tmp_path / "run"}',
@@ -73,9 +74,9 @@ def test_under_tfds_mock_data(tmp_path, monkeypatch):
     raw = data.load_raw(config)
   assert 'TFDS mnist' in raw[2] and len(raw[0]) == 128
   monkeypatch.setattr(data, 'load_raw', lambda _: raw)
-  # The default 5,000-image validation split cannot come out of 128 images: one clear error.
-  with pytest.raises(DataError, match='validation_size=5000 must be smaller than the 128'):
-    train.train_and_evaluate(config)
+  # The default 5,000 of 60,000 held out becomes the same fraction of the 128: 10 images.
+  datasets = data.load_datasets(config)
+  assert len(datasets.validation) == 10 and len(datasets.train) == 118
   config.validation_size = 0
   state = train.train_and_evaluate(config)
   assert int(state.step) == 4

@@ -1,0 +1,105 @@
+"""MNIST as uint8 arrays on the host, split into train / validation / test.
+
+    datasets = load_datasets(config)   # -> Datasets(train, test, validation, source)
+
+The pieces, bottom up: `spec` (what the data set is, and the canonical order of its examples),
+`idx` (parse the official IDX files), `download` (fetch them, verified), `tfds_source` (TFDS's
+prepared `mnist`), `sources` (pick a source, return canonical arrays). None of them needs
+TensorFlow, except preparing a TFDS dataset (`pip install "mnist_flax[tensorflow]"`). Scaling to
+float32 happens on the device, inside the jitted steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import numpy as np
+
+from mnist_flax.data.idx import (IDX_DIR_ENV, IDX_FILES, OFFLINE_HELP, find_idx_files, parse_idx,
+                                 read_idx, read_idx_dir)
+from mnist_flax.data.sources import SOURCES, choose_source, load_arrays, resolve_idx_dir, tfds_data_dir
+from mnist_flax.data.spec import MNIST, DatasetSpec, canonical_order
+from mnist_flax.errors import DataError
+
+# Kept for code written against the single-module data layer; new code reads `MNIST`.
+IMAGE_SHAPE = MNIST.image_shape
+NUM_CLASSES = MNIST.num_classes
+NUM_TRAIN, NUM_TEST = MNIST.num_train, MNIST.num_test
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split: images uint8 (N, 28, 28, 1) and labels int32 (N,)."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, index) -> 'Split':
+    return Split(self.images[index], self.labels[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+  train: Split
+  test: Split
+  validation: Optional[Split] = None
+  source: str = ''
+
+
+def load_raw(config) -> tuple[Split, Split, str]:
+  """The full train and test splits, in the canonical order, and where they came from."""
+  arrays, description = load_arrays(config)
+  splits = [Split(np.ascontiguousarray(arrays[f'{s}_images']).reshape((-1,) + MNIST.image_shape),
+                  arrays[f'{s}_labels'].astype(np.int32)) for s in ('train', 'test')]
+  return splits[0], splits[1], description
+
+
+def validation_count(requested: int, available: int, spec: DatasetSpec = MNIST) -> int:
+  """How many training images to hold out.
+
+  `config.validation_size` counts images of the full training split (5,000 of 60,000). A source
+  that serves fewer (`tfds.testing.mock_data`, a smaller data set) holds out the same fraction,
+  so the default config runs on it unchanged.
+  """
+  if available >= spec.num_train or not requested:
+    return requested
+  scaled = requested * available // spec.num_train
+  logging.warning('the data source has %d training images, not %d: holding out %d for '
+                  'validation (config.validation_size=%d scaled)', available, spec.num_train,
+                  scaled, requested)
+  return scaled
+
+
+def load_datasets(config) -> Datasets:
+  """Train/validation/test splits for a config.
+
+  The validation split is the last `validation_count(...)` images of a fixed (seed 0)
+  permutation of the training set: it never overlaps the test set and does not depend on the
+  training seed, so runs with different seeds are selected on the same images.
+  """
+  train, test, description = load_raw(config)
+  n_val = validation_count(config.get('validation_size', 0), len(train))
+  if config.get('train_limit'):
+    train = train.take(slice(0, config.train_limit))
+  validation = None
+  if n_val and n_val >= len(train):
+    raise DataError(f'config.validation_size={n_val} must be smaller than the {len(train)} '
+                    f'training images available ({description}); set --config.validation_size=0 '
+                    'or a smaller split')
+  if n_val:
+    order = np.random.default_rng(0).permutation(len(train))
+    validation = train.take(np.sort(order[-n_val:]))
+    train = train.take(np.sort(order[:-n_val]))
+  return Datasets(train=train, test=test, validation=validation, source=description)
+
+
+__all__ = [
+    'DataError', 'Datasets', 'DatasetSpec', 'IDX_DIR_ENV', 'IDX_FILES', 'IMAGE_SHAPE', 'MNIST',
+    'NUM_CLASSES', 'NUM_TEST', 'NUM_TRAIN', 'OFFLINE_HELP', 'SOURCES', 'Split', 'canonical_order',
+    'choose_source', 'find_idx_files', 'load_arrays', 'load_datasets', 'load_raw', 'parse_idx',
+    'read_idx', 'read_idx_dir', 'resolve_idx_dir', 'tfds_data_dir', 'validation_count',
+]

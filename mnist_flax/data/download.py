@@ -1,0 +1,145 @@
+"""Download the four official MNIST IDX files, verified, into a cache: no TensorFlow needed.
+
+The location and checksums are TFDS's own (`tensorflow_datasets/url_checksums/mnist.txt`, read
+as a file: importing TFDS costs seconds). The base URL can be replaced for mirrors and tests
+(`config.download_url`, else `$MNIST_DOWNLOAD_URL`); a file is accepted when its bytes match the
+registered SHA-256 and size, or, for a mirror that re-compressed them, when its uncompressed
+bytes match the official content (the SHA-256 of the uncompressed files below, whose MD5s are
+the ones LeCun et al. publish).
+
+Safety: each file is written to a `.part` file beside the cache and renamed into place only after
+it verified, so a checksum mismatch, a truncated or interrupted transfer, an HTTP error or no
+network leaves nothing in the cache and the next run downloads again. Every failure is one
+`DataError` naming the URL and what to do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import importlib.util
+import os
+import pathlib
+import urllib.error
+import urllib.request
+from typing import NamedTuple
+
+from mnist_flax.data.idx import IDX_FILES, OFFLINE_HELP
+from mnist_flax.errors import DataError
+
+DOWNLOAD_URL_ENV = 'MNIST_DOWNLOAD_URL'
+TIMEOUT_SECONDS = 30.0  # per socket operation, not for the whole file
+
+# SHA-256 of the official *uncompressed* files (their MD5s match the published ones).
+CONTENT_SHA256 = {
+    'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
+    'train-labels-idx1-ubyte': '65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5',
+    't10k-images-idx3-ubyte': '0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7',
+    't10k-labels-idx1-ubyte': 'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2',
+}
+
+
+class Registered(NamedTuple):
+  """One file as TFDS registers it."""
+  url: str
+  size: int
+  sha256: str
+
+
+def registered_files() -> dict[str, Registered]:
+  """File name (`train-images-idx3-ubyte.gz`, ...) -> TFDS's URL, size and SHA-256."""
+  spec = importlib.util.find_spec('tensorflow_datasets')
+  path = (pathlib.Path(spec.origin).parent / 'url_checksums' / 'mnist.txt') if spec else None
+  if path is None or not path.is_file():
+    raise DataError('cannot find TFDS\'s registered MNIST checksums (tensorflow_datasets/'
+                    'url_checksums/mnist.txt); reinstall tensorflow-datasets. ' + OFFLINE_HELP)
+  files = {}
+  for line in path.read_text().splitlines():
+    parts = line.split('\t')
+    if len(parts) >= 3:
+      name = parts[3] if len(parts) > 3 else parts[0].rsplit('/', 1)[-1]
+      files[name] = Registered(parts[0], int(parts[1]), parts[2])
+  return files
+
+
+def base_url(configured: str = '') -> str:
+  """Where the files are fetched from: the config's, else $MNIST_DOWNLOAD_URL, else TFDS's."""
+  url = configured or os.environ.get(DOWNLOAD_URL_ENV, '')
+  if not url:
+    url = next(iter(registered_files().values())).url.rsplit('/', 1)[0]
+  return url.rstrip('/') + '/'
+
+
+def _fix(url: str) -> str:
+  return (f'Check the network, or point --config.download_url / ${DOWNLOAD_URL_ENV} at a mirror '
+          f'(now {url.rsplit("/", 1)[0]}/), or train offline. {OFFLINE_HELP}')
+
+
+def _verify(path: pathlib.Path, name: str, registered: Registered, url: str) -> None:
+  """Raises DataError unless `path` holds the registered bytes or the official content."""
+  data = path.read_bytes()
+  if len(data) == registered.size and hashlib.sha256(data).hexdigest() == registered.sha256:
+    return
+  stem = name[:-len('.gz')]
+  try:
+    content = gzip.decompress(data)
+  except (OSError, EOFError, ValueError):
+    content = data  # a mirror serving the uncompressed file under the .gz name
+  if hashlib.sha256(content).hexdigest() == CONTENT_SHA256[stem]:
+    return
+  raise DataError(f'{url}: checksum mismatch: got {len(data)} bytes with sha256 '
+                  f'{hashlib.sha256(data).hexdigest()[:16]}..., expected {registered.size} bytes '
+                  f'with sha256 {registered.sha256[:16]}... (or the official uncompressed content); '
+                  'the file was not kept. ' + _fix(url))
+
+
+def _fetch(url: str, part: pathlib.Path) -> None:
+  """Streams `url` into `part`; a short read or a dropped connection is an error."""
+  try:
+    with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response, open(part, 'wb') as f:
+      declared = response.headers.get('Content-Length')
+      received = 0
+      while chunk := response.read(1 << 16):
+        f.write(chunk)
+        received += len(chunk)
+      if declared is not None and received != int(declared):
+        raise DataError(f'{url}: truncated download: {received} of {declared} bytes; the file '
+                        'was not kept. ' + _fix(url))
+  except urllib.error.HTTPError as e:
+    raise DataError(f'{url}: HTTP error {e.code} {e.reason}. ' + _fix(url)) from None
+  except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+    reason = getattr(e, 'reason', None) or e
+    raise DataError(f'{url}: download failed ({type(e).__name__}: {reason}); the file was not '
+                    'kept. ' + _fix(url)) from None
+
+
+def fetch_idx_files(cache_dir: str | os.PathLike, configured_url: str = '') -> dict[str, pathlib.Path]:
+  """The four verified `.gz` files in `cache_dir`, downloading those not already there."""
+  cache_dir = pathlib.Path(cache_dir).expanduser()
+  registered = registered_files()
+  root = base_url(configured_url)
+  paths = {}
+  for key, (stem, _, _) in IDX_FILES.items():
+    name = f'{stem}.gz'
+    path, url = cache_dir / name, root + name
+    if path.is_file():
+      try:
+        _verify(path, name, registered[name], url)
+        paths[key] = path
+        continue
+      except DataError:  # damaged since it was cached: fetch it again
+        path.unlink(missing_ok=True)
+    try:
+      cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise DataError(f'cannot create the download cache {cache_dir}: {e}') from None
+    part = path.with_name(f'{name}.part-{os.getpid()}')
+    try:
+      _fetch(url, part)
+      _verify(part, name, registered[name], url)
+      os.replace(part, path)  # only a verified file ever has the cached name
+    finally:
+      part.unlink(missing_ok=True)
+    paths[key] = path
+  return paths

@@ -1,0 +1,38 @@
+"""Test environments (`make test` runs both; `nox -s NAME` one of them).
+
+* `tests`: Python 3.11, the newest releases, TensorFlow included: the whole suite.
+* `colab`: Python 3.13 with exactly what a Colab TPU runtime preinstalls (`.ci/colab-tpu.txt`)
+  and no TensorFlow: checks that installing the package changes none of those versions and adds
+  no TensorFlow, then runs the TensorFlow-free tests that cover a Colab user's path (train from an
+  IDX folder and from a download, resume, evaluate, predict, the notebook).
+
+Extra arguments go to pytest: `nox -s tests -- -k predict` (the colab session keeps its file list).
+"""
+
+import nox
+
+nox.options.sessions = ['tests', 'colab']
+nox.options.reuse_existing_virtualenvs = True  # reinstalls are quick no-ops; CI starts clean
+nox.options.default_venv_backend = 'venv'
+
+COLAB_PINS = '.ci/colab-tpu.txt'
+COLAB_TESTS = [
+    'tests/test_data.py', 'tests/test_data_sources.py', 'tests/test_config.py',
+    'tests/test_train.py', 'tests/test_resume.py', 'tests/test_predict.py', 'tests/test_cli.py',
+    'tests/test_notebook.py', 'tests/test_optional.py',
+]
+
+
+@nox.session(python='3.11')
+def tests(session):
+  session.install('-e', '.[dev,serve,tensorflow]')
+  session.run('python', '-m', 'pytest', '-q', *session.posargs)
+
+
+@nox.session(python='3.13')
+def colab(session):
+  session.install('-r', COLAB_PINS)
+  session.install('-e', '.[dev,serve]', '-c', COLAB_PINS)
+  session.run('python', '.ci/check_env.py', COLAB_PINS)
+  session.run('python', '-m', 'pytest', '-q', '-m', 'not tensorflow', *COLAB_TESTS,
+              *session.posargs)
