@@ -36,10 +36,12 @@ def test_notebook_is_committed_without_outputs():
   nbformat.validate(nb)
   assert all(not cell.get('outputs') for cell in nb.cells if cell.cell_type == 'code')
   tags = _cells_by_tag(nb)
-  for tag in ('install', 'parameters', 'devices', 'samples', 'class_counts', 'train', 'curves',
+  for tag in ('settings', 'install', 'parameters', 'devices', 'samples', 'class_counts', 'train', 'curves',
               'confusion', 'mistakes', 'prediction'):
     assert tag in tags, tag
   assert 'find_spec' in tags['install'].source  # install is skipped when already importable
+  assert "'-c', pins.name" in tags['install'].source  # the runtime's JAX etc. are pinned
+  assert 'REPO_URL =' in tags['settings'].source and 'REPO_URL =' not in tags['install'].source
   assert 'MNIST_FLAX_NOTEBOOK_SMOKE' in tags['parameters'].source
 
 
@@ -55,6 +57,7 @@ def test_notebook_runs_on_cpu(idx_dir, prepared_data_env, tmp_path, monkeypatch)
                  resources={'metadata': {'path': str(tmp_path)}}).execute()
   cells = _cells_by_tag(nb)
   assert 'mnist_flax' in _text(cells['install'])
+  assert re.search(r'versions: jax \d+\.\d+.*flax \d.*tensorflow ', _text(cells['install']))
   assert re.search(r'devices: 2 x cpu', _text(cells['devices']))
   for tag in ('samples', 'class_counts', 'curves', 'confusion', 'mistakes', 'prediction'):
     assert _has_image(cells[tag]), f'cell {tag!r} shows no image'

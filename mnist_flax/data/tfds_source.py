@@ -65,12 +65,16 @@ def _owns(builder, data_dir: pathlib.Path) -> bool:
   return pathlib.Path(str(builder.data_dir)).resolve().is_relative_to(data_dir.resolve())
 
 
+def _needs_tensorflow(data_dir: pathlib.Path) -> MissingExtraError:
+  return MissingExtraError(f'preparing TFDS mnist in {data_dir} needs TensorFlow: '
+                           f'{TENSORFLOW_EXTRA}; or use --config.data_source=download (no '
+                           'TensorFlow) or a local IDX folder. ' + OFFLINE_HELP)
+
+
 def _prepare(builder, data_dir: pathlib.Path) -> None:
   """TFDS download-and-prepare of `mnist` into `data_dir` (needs TensorFlow and the network)."""
   if not has_tensorflow():
-    raise MissingExtraError(f'preparing TFDS mnist in {data_dir} needs TensorFlow: '
-                            f'{TENSORFLOW_EXTRA}; or use --config.data_source=download (no '
-                            'TensorFlow) or a local IDX folder. ' + OFFLINE_HELP)
+    raise _needs_tensorflow(data_dir)
   _check_reachable(builder)
   try:
     builder.download_and_prepare()
@@ -81,6 +85,8 @@ def _prepare(builder, data_dir: pathlib.Path) -> None:
 
 def load(data_dir: pathlib.Path) -> dict[str, np.ndarray]:
   """TFDS's `mnist` (prepared first if needed) as `{train,test}_{images,labels}` arrays."""
+  if not has_tensorflow() and not (data_dir / MNIST.name).is_dir():
+    raise _needs_tensorflow(data_dir)  # nothing to read, nothing to prepare it with
   builder = _builder(data_dir)
   if _owns(builder, data_dir) and not builder.is_prepared():
     _prepare(builder, data_dir)
