@@ -18,7 +18,7 @@ same jitted `train_step`, data resident on the device):
 * time to `--target` test accuracy over `--seeds` seeds: each seed is a real
   `mnist-flax train` subprocess (so compilation and start-up are included), mean and spread of
   the final accuracy, the training seconds, the process wall time and the time to target;
-* optionally the Flax example peer (`/work/shared/peers/flax_example.py`) on the same machine.
+* optionally the Flax example peer (`../shared/peers/flax_example.py` beside the checkout) on the same machine.
 
 It prints a table and writes JSON (`--json`, default `<workdir>/benchmark.json`, the workdir being
 `--config.workdir` or a new temporary folder). The seeds' processes inherit the environment, so

@@ -7,9 +7,7 @@
 #   OUT=gpu_out DEADLINE_S=500 bash experiments/gpu_check.sh
 #
 # It works offline from a copy of this checkout: $MNIST_IDX_DIR (default .devdata/mnist) holds the
-# IDX files and $TFDS_DATA_DIR (default .devdata/tfds) may hold the array cache that `mnist-flax
-# train` writes on its first run (then TensorFlow is not needed: machines with JAX but no
-# TensorFlow work). Wheels in .whl/ (missing small packages) are installed first; if the smoke
+# IDX files (read without TensorFlow: machines with JAX but no TensorFlow work). Wheels in .whl/ (missing small packages) are installed first; if the smoke
 # run fails with the machine's own flax/optax/orbax, the ones in .whl_alt/ (this project's tested
 # versions) are tried. Everything it reports lands in $OUT: log.txt, summaries.jsonl (one line per
 # run: its summary.json plus the run name), ensembles.jsonl, runs.tar.gz (metrics and configs).
