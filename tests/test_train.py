@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mnist_flax import config as config_lib, data, report, train
-from mnist_flax.errors import CheckpointError, DataError
+from mnist_flax.errors import CheckpointError
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'curves.png', 'checkpoints', 'tensorboard')
 
