@@ -74,6 +74,16 @@ def validation_count(requested: int, available: int, spec: DatasetSpec = MNIST) 
   return scaled
 
 
+def train_size(config, available: int = MNIST.num_train) -> int:
+  """How many images a config trains on, of `available` training images in the source.
+
+  The one place for that arithmetic: `load_datasets` makes splits of these sizes, and restoring
+  a run rebuilds its schedule's length (steps per epoch) from it without loading the data.
+  """
+  n_val = validation_count(config.get('validation_size', 0), available)
+  return min(config.get('train_limit') or available, available) - n_val
+
+
 def load_datasets(config) -> Datasets:
   """Train/validation/test splits for a config.
 
@@ -101,5 +111,5 @@ __all__ = [
     'DataError', 'Datasets', 'DatasetSpec', 'IDX_DIR_ENV', 'IDX_FILES', 'IMAGE_SHAPE', 'MNIST',
     'NUM_CLASSES', 'NUM_TEST', 'NUM_TRAIN', 'OFFLINE_HELP', 'SOURCES', 'Split', 'canonical_order',
     'choose_source', 'find_idx_files', 'load_arrays', 'load_datasets', 'load_raw', 'parse_idx',
-    'read_idx', 'read_idx_dir', 'resolve_idx_dir', 'tfds_data_dir', 'validation_count',
+    'read_idx', 'read_idx_dir', 'resolve_idx_dir', 'tfds_data_dir', 'train_size', 'validation_count',
 ]
