@@ -69,6 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.augment.elastic_alpha = 0.0  # elastic distortion strength in pixels (Simard: 34)
   config.augment.elastic_sigma = 4.0  # smoothness of the elastic field (Gaussian sigma, pixels)
 
+  # The data set: a name from mnist_flax.data.DATASETS (a DatasetSpec record: image shape,
+  # classes, split sizes and its loader; 'mnist' is served by config.data_source).
+  config.dataset = 'mnist'
   config.batch_size = 128
   config.num_epochs = 3
   config.seed = 0
@@ -311,8 +314,11 @@ def _validate_training(get) -> None:
 
 def _validate_data(get) -> None:
   """The data fields, against the data set's split sizes (data.MNIST)."""
-  from mnist_flax.data.spec import MNIST  # pylint: disable=import-outside-toplevel  (start-up)
-  full = MNIST.num_train
+  from mnist_flax.data import spec  # pylint: disable=import-outside-toplevel  (start-up time)
+  _require(get('dataset') in spec.DATASETS, 'dataset', get('dataset'),
+           f'one of {sorted(spec.DATASETS)} (mnist_flax.data.register_dataset adds one)')
+  dataset = spec.DATASETS[get('dataset')]
+  full = dataset.num_train
   _require(get('data_source') in ('auto', 'idx', 'tfds', 'download'), 'data_source',
            get('data_source'), "'auto', 'idx', 'tfds' or 'download'")
   _require(not get('download_url') or get('download_url').startswith(('http://', 'https://')),
@@ -321,7 +327,7 @@ def _validate_data(get) -> None:
            f'must be in [0, {full})')
   _require(get('train_limit') >= 0, 'train_limit', get('train_limit'), 'must be >= 0 (0 = all)')
   _require(get('train_limit') <= full, 'train_limit', get('train_limit'),
-           f'must be at most {full} (the {MNIST.name} training set; 0 = all)')
+           f'must be at most {full} (the {dataset.name} training set; 0 = all)')
   n_train = get('train_limit') or full
   _require(get('validation_size') < n_train, 'validation_size', get('validation_size'),
            f'must be smaller than the training images it is held out of ({n_train}'

@@ -20,7 +20,7 @@ def _abstract_target(config, model, mesh):
   steps_per_epoch = data.train_size(config) // config.batch_size
   abstract = jax.eval_shape(functools.partial(
       steps.create_train_state, config, model, steps_per_epoch=steps_per_epoch,
-      image_shape=data.MNIST.image_shape), jax.random.PRNGKey(0))
+      image_shape=data.spec_of(config).image_shape), jax.random.PRNGKey(0))
   saved_metrics = jax.eval_shape(lambda: checkpoints.saved_metrics(steps.zero_metrics()))
   return checkpoints.abstract_like({'state': abstract, 'metrics': saved_metrics},
                                    sharding.replicated(mesh))

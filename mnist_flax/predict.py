@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from mnist_flax import inference, models, rundir
-from mnist_flax.data.spec import MNIST
+from mnist_flax.data.spec import DATASETS, MNIST
 from mnist_flax.errors import CheckpointError
 from mnist_flax.inference import predict, predict_logits, to_float  # noqa: F401  (re-exported)
 from mnist_flax.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
@@ -90,9 +90,9 @@ def _model_of(config, directory: pathlib.Path):
                           f'({e})') from None
 
 
-def abstract_variables(model, sharding) -> dict:
+def abstract_variables(model, sharding, image_shape: Optional[tuple] = None) -> dict:
   """Shapes and dtypes of `model`'s inference variables, placed with `sharding` (no compute)."""
-  return inference.abstract_variables(model, sharding, MNIST.image_shape)
+  return inference.abstract_variables(model, sharding, image_shape or MNIST.image_shape)
 
 
 def _restore(path: pathlib.Path, item: dict, partial: bool, directory: pathlib.Path) -> dict:
@@ -133,7 +133,7 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
   """
   directory = pathlib.Path(directory)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = abstract_variables(model, sharding)
+  target = abstract_variables(model, sharding, _dataset(config, directory).image_shape)
   if (directory / VARIABLES_DIR).is_dir():
     if str(checkpoint) != 'latest':
       raise CheckpointError(f'{directory} is an exported model with one set of weights; '
@@ -159,6 +159,15 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
   step, variables = rundir.first_that_loads(candidates, load, (CheckpointError,),
                                             directory / RUN_CHECKPOINT_DIR)
   return variables, step
+
+
+def _dataset(config, directory: pathlib.Path):
+  """The data set record the run was trained on (its image shape is the model's input)."""
+  name = config.get('dataset', MNIST.name)
+  if name not in DATASETS:
+    raise CheckpointError(f'{directory} was trained on data set {name!r}, which is not registered '
+                          f'in this process (known: {", ".join(sorted(DATASETS))})')
+  return DATASETS[name]
 
 
 def _check_finite(variables: dict, directory: pathlib.Path) -> dict:

@@ -166,7 +166,7 @@ def build_training(config, mesh) -> Training:
   steps_per_epoch = n_train // config.batch_size
   model = models.get_model(config)
   state = steps.init_train_state(config, model, jax.random.PRNGKey(config.seed), steps_per_epoch,
-                                 mesh, image_shape=data.MNIST.image_shape)
+                                 mesh, image_shape=data.spec_of(config).image_shape)
   images, labels = sharding.put_replicated((datasets.train.images, datasets.train.labels), mesh)
   loss_fn = losses.get_loss(config)
   splits = {'test': datasets.test, 'validation': datasets.validation}
