@@ -29,6 +29,7 @@ def lint_imports(root: pathlib.Path) -> subprocess.CompletedProcess:
 
 
 pytest.importorskip('importlinter')
+pytestmark = pytest.mark.fast
 
 
 def test_the_package_keeps_its_layers():
