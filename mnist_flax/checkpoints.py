@@ -1,14 +1,9 @@
 """Orbax checkpoints of a run directory: save, resume, keep latest + best, restore anywhere, survive faults.
 
-Layout of a run directory (`config.workdir`):
-
-    config.json            the resolved config (what `eval`/`predict` rebuild the model from)
-    checkpoints/<step>/    Orbax steps, items: `state` (the whole TrainState plus the
-                           on-device metric accumulators) and `meta` (JSON: epoch, step, the
-                           metrics history so far, validation metrics, a checksum of `state`)
-    train.lock             flock-ed by the training that owns the directory (holds its pid)
-    skipped_checkpoints/   corrupt steps moved out of the way by a resuming training
-    metrics.jsonl, summary.json, curves.png, tensorboard/   (see report.py)
+Layout of a run directory: rundir.py (which also owns the lock, the file names and the rule
+"the newest step that loads"). A step is `checkpoints/<step>/` with two items: `state` (the
+whole TrainState plus the on-device metric accumulators) and `meta` (JSON: epoch, step, the
+metrics history so far, validation metrics, registered metrics' sums, a checksum of `state`).
 
 Restoring always goes through an abstract target built on the current machine, with the
 current mesh's shardings: a state saved by 8 devices or 2 processes restores onto 1 CPU (or the

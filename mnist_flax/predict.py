@@ -138,7 +138,7 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
     if str(checkpoint) != 'latest':
       raise CheckpointError(f'{directory} is an exported model with one set of weights; '
                             f'checkpoint={checkpoint!r} needs a run directory')
-    return _check_finite(_restore(directory / VARIABLES_DIR, target, partial=False,
+    return _require_finite_weights(_restore(directory / VARIABLES_DIR, target, partial=False,
                                   directory=directory), directory), None
   candidates = rundir.step_numbers(directory)[::-1]
   if not candidates:
@@ -155,7 +155,7 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
   def load(step: int) -> dict:
     restored = _restore(directory / RUN_CHECKPOINT_DIR / str(step) / 'state', item,
                         partial=True, directory=directory)
-    return _check_finite(restored['state'][key] if key else restored['state'], directory)
+    return _require_finite_weights(restored['state'][key] if key else restored['state'], directory)
   step, variables = rundir.first_that_loads(candidates, load, (CheckpointError,),
                                             directory / RUN_CHECKPOINT_DIR)
   return variables, step
@@ -170,7 +170,7 @@ def _dataset(config, directory: pathlib.Path):
   return DATASETS[name]
 
 
-def _check_finite(variables: dict, directory: pathlib.Path) -> dict:
+def _require_finite_weights(variables: dict, directory: pathlib.Path) -> dict:
   if not jax.tree.leaves(variables) or inference.nonfinite_leaves(variables):
     raise CheckpointError(f'{directory}: the checkpoint holds NaN or infinite weights (corrupt, or '
                           'saved from a diverged run)')

@@ -247,7 +247,7 @@ def epoch_record(run: Run, t: Training, state, totals, epoch: int, step: int, se
   """The epoch's record (`<split>_<metric>` for every split and metric, learning rate, time)
   and the evaluated splits' metrics. Reads the device: the epoch's one host sync."""
   train = jax.device_get(totals)  # host sync: once per epoch
-  check_finite(train, run, step, epoch)
+  check_loss_finite(train, run, step, epoch)
   record = {'epoch': epoch + 1, 'step': step}
   record.update({f'train_{k}': v for k, v in metrics.compute(train).items()})
   evaluated = {split: evaluator(state.variables()) for split, evaluator in t.evaluators.items()}
@@ -260,7 +260,7 @@ def epoch_record(run: Run, t: Training, state, totals, epoch: int, step: int, se
   return record, evaluated
 
 
-def check_finite(totals: dict, run: Run, step: int, epoch: Optional[int] = None) -> None:
+def check_loss_finite(totals: dict, run: Run, step: int, epoch: Optional[int] = None) -> None:
   """Stops the run, naming the step, once a training loss was NaN/Inf. `totals` are host values
   (read where the loop syncs anyway: checkpoints and epoch ends); with `epoch`, the epoch's mean
   loss is checked too."""
@@ -282,7 +282,7 @@ def check_finite(totals: dict, run: Run, step: int, epoch: Optional[int] = None)
 
 def save(run: Run, step: int, state, totals, meta: dict) -> None:
   """A checkpoint of `state` and the metric accumulators (a host sync)."""
-  check_finite(jax.device_get({'first_nonfinite': totals['first_nonfinite']}), run, step)
+  check_loss_finite(jax.device_get({'first_nonfinite': totals['first_nonfinite']}), run, step)
   extra = metrics.extra_totals(totals)
   if extra:
     meta = dict(meta, extra_metrics=extra)

@@ -155,3 +155,14 @@ def test_a_data_set_is_one_record(tiny_config):
   assert train.evaluate(workdir)['count'] == 1000
   with pytest.raises(ConfigError, match='validation_size'):
     config_lib.validate_config(config_lib.apply_overrides(config, ['validation_size=2048']))
+
+
+def test_a_registered_metric_survives_a_mid_epoch_resume(tiny_config, top2_metric):
+  import shutil
+  config = config_lib.apply_overrides(tiny_config, ['num_epochs=1', 'checkpoint_every_steps=5',
+                                                    'keep_checkpoints=5'])
+  _, workdir, records = _train(config)
+  shutil.rmtree(workdir / 'checkpoints' / '16')  # the epoch end: resume from step 15
+  _, _, resumed = _train(config)
+  strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]  # noqa: E731
+  assert strip(resumed) == strip(records)

@@ -23,12 +23,12 @@ TABLES = {('config.py', 'default_config'), ('config.py', 'runtime_fields'),
 
 def lint_imports(root: pathlib.Path) -> subprocess.CompletedProcess:
   """`lint-imports` with the contract of root/pyproject.toml on the package under `root`."""
+  pytest.importorskip('importlinter')  # the [dev] extra
   code = 'import sys; from importlinter.cli import lint_imports_command; lint_imports_command()'
   return subprocess.run([sys.executable, '-c', code, '--no-cache'], cwd=root, capture_output=True,
                         text=True, timeout=300, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
 
 
-pytest.importorskip('importlinter')
 pytestmark = pytest.mark.fast
 
 
