@@ -30,7 +30,6 @@ shared machine are noisy: run it alone (`flock /tmp/mnist_cpu.lock python experi
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
@@ -170,21 +169,16 @@ def _peak_device_bytes() -> int | None:
 def measure_training(config, steps: int, warmup: int) -> dict:
   """Compile time, steady throughput and FLOP counts of the config's jitted train step."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_flax import data, models, sharding, train  # pylint: disable=import-outside-toplevel
+  from mnist_flax import sharding, train  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh()
-  datasets = data.load_datasets(config)
-  n_train = len(datasets.train)
-  steps_per_epoch = n_train // config.batch_size
-  model = models.get_model(config)
-  replicated = sharding.replicated(mesh)
-  state = train.init_train_state(config, model, jax.random.PRNGKey(config.seed), steps_per_epoch,
-                                 mesh)
-  images, labels = sharding.put_replicated((datasets.train.images, datasets.train.labels), mesh)
-  metrics = jax.device_put(train.train_metrics(), replicated)
-  perm = jax.jit(functools.partial(train.epoch_permutation, config.seed, num_examples=n_train),
-                 out_shardings=replicated)(0)
-  step_fn = train.make_train_step(config, model, mesh)  # the very step `mnist-flax train` runs
+  # The set-up of `train_and_evaluate` itself: data on the device, model, state, jitted step.
+  setup = train.build_training(config, mesh)
+  datasets, model, state, step_fn = setup.datasets, setup.model, setup.state, setup.step_fn
+  steps_per_epoch = setup.steps_per_epoch
+  images, labels = setup.train_images, setup.train_labels
+  metrics = jax.device_put(train.train_metrics(), sharding.replicated(mesh))
+  perm = setup.permutation(0)
   flops_image = analytic_train_flops_per_image(model, state.variables())
 
   t = time.perf_counter()

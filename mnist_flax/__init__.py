@@ -13,8 +13,8 @@ __version__ = '0.1.0'
 
 _LAZY = {
     'train_and_evaluate': ('mnist_flax.train', 'train_and_evaluate'),
-    'evaluate': ('mnist_flax.train', 'evaluate'),
-    'TrainState': ('mnist_flax.train', 'TrainState'),
+    'evaluate': ('mnist_flax.evaluation', 'evaluate'),
+    'TrainState': ('mnist_flax.steps', 'TrainState'),
     'get_config': ('mnist_flax.config', 'default_config'),
     'load_config_file': ('mnist_flax.config', 'load_config_file'),
     'apply_overrides': ('mnist_flax.config', 'apply_overrides'),

@@ -1,14 +1,9 @@
 """Orbax checkpoints of a run directory: save, resume, keep latest + best, restore anywhere, survive faults.
 
-Layout of a run directory (`config.workdir`):
-
-    config.json            the resolved config (what `eval`/`predict` rebuild the model from)
-    checkpoints/<step>/    Orbax steps, items: `state` (the whole TrainState plus the
-                           on-device metric accumulators) and `meta` (JSON: epoch, step, the
-                           metrics history so far, validation metrics, a checksum of `state`)
-    train.lock             flock-ed by the training that owns the directory (holds its pid)
-    skipped_checkpoints/   corrupt steps moved out of the way by a resuming training
-    metrics.jsonl, summary.json, curves.png, tensorboard/   (see report.py)
+Layout of a run directory: rundir.py (which also owns the lock, the file names and the rule
+"the newest step that loads"). A step is `checkpoints/<step>/` with two items: `state` (the
+whole TrainState plus the on-device metric accumulators) and `meta` (JSON: epoch, step, the
+metrics history so far, validation metrics, registered metrics' sums, a checksum of `state`).
 
 Restoring always goes through an abstract target built on the current machine, with the
 current mesh's shardings: a state saved by 8 devices or 2 processes restores onto 1 CPU (or the
@@ -27,27 +22,21 @@ Faults, and why they are survived:
 
 from __future__ import annotations
 
-import datetime
-import errno
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import shutil
-import socket
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mnist_flax import inference, metrics, rundir
+from mnist_flax.config import RUNTIME_FIELDS
 from mnist_flax.errors import CheckpointError, NonFiniteLossError
-
-CHECKPOINT_DIR = 'checkpoints'
-LOCK_FILE = 'train.lock'
-SKIPPED_DIR = 'skipped_checkpoints'
+from mnist_flax.rundir import CHECKPOINT_DIR, LOCK_FILE, SKIPPED_DIR, move_run_aside  # noqa: F401
 # Validation metrics that can pick the 'best' checkpoint, with whether larger is better.
 BEST_METRICS = {'validation_accuracy': True, 'validation_loss': False}
 SELECTIONS = ('latest', 'best')
@@ -86,8 +75,13 @@ def _digest(leaves: list[tuple[str, np.ndarray]]) -> str:
 
 
 def _nonfinite(leaves: list[tuple[str, np.ndarray]]) -> list[str]:
-  return [name for name, arr in leaves
-          if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all()]
+  return inference.nonfinite_leaves(leaves)
+
+
+def saved_metrics(totals: dict) -> dict:
+  """The accumulators a checkpoint's state tree holds (first_nonfinite, always -1 there, and
+  registered metrics, which go into its meta JSON, are not among them)."""
+  return metrics.builtin_totals(totals)
 
 
 def state_digest(tree) -> Optional[str]:
@@ -222,35 +216,31 @@ class RunCheckpointer:
         raise CheckpointError(f'no checkpoint step {step} in {self.directory} '
                               f'(steps: {self.all_steps() or "none"})')
       return self._restore_verified(abstract_state, step)
-    skipped = []
-    for candidate in reversed(self.all_steps()):
-      try:
-        state, meta = self._restore_verified(abstract_state, candidate)
-      except CheckpointError as e:
-        skipped.append((candidate, str(e)))
-        continue
-      if skipped:
-        self._skip(skipped, candidate, move_aside)
-      return state, meta
-    if skipped:
-      raise CheckpointError(f'no usable checkpoint in {self.directory}: '
-                            + '; '.join(reason for _, reason in skipped))
-    raise CheckpointError(f'no checkpoint in {self.directory}')
+    candidates = list(reversed(self.all_steps()))
+    if not candidates:
+      raise CheckpointError(f'no checkpoint in {self.directory}')
+    tried = []  # the steps that failed, newest first, to move aside
+    def attempt(step):
+      tried.append(step)
+      return self._restore_verified(abstract_state, step)
+    step, (state, meta) = rundir.first_that_loads(candidates, attempt, (CheckpointError,),
+                                                  self.directory)
+    if move_aside and len(tried) > 1:
+      self._move_aside(tried[:-1])
+    return state, meta
 
-  def _skip(self, skipped: list[tuple[int, str]], used: int, move_aside: bool) -> None:
-    where = ''
-    if move_aside and not self.read_only and jax.process_index() == 0:
-      stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S')
-      target = self.workdir / SKIPPED_DIR
-      target.mkdir(exist_ok=True)
-      for step, _ in skipped:
-        shutil.move(str(self.directory / str(step)), str(target / f'{step}-{stamp}'))
-        self._metas.pop(step, None)
-      self.manager.reload()
-      where = f' (moved to {target})'
-    for step, reason in skipped:
-      logging.warning('skipped checkpoint %s: %s; using step %d instead%s',
-                      self.directory / str(step), reason, used, where)
+  def _move_aside(self, steps: list[int]) -> None:
+    """Moves skipped steps to `skipped_checkpoints/`, so that the resumed run can write them."""
+    if self.read_only or jax.process_index() != 0:
+      return
+    target = self.workdir / SKIPPED_DIR
+    target.mkdir(exist_ok=True)
+    stamp = rundir.stamp()
+    for step in steps:
+      shutil.move(str(self.directory / str(step)), str(target / f'{step}-{stamp}'))
+      self._metas.pop(step, None)
+    self.manager.reload()
+    logging.warning('moved the skipped checkpoints %s to %s', steps, target)
 
   def close(self):
     self.manager.close()
@@ -298,14 +288,10 @@ def select_step(workdir: str | pathlib.Path, which: str | int = 'latest',
     ckpt.close()
 
 
-# Fields that may change between a run and its resume: where things are, how often to save, how
-# the work is spread over devices. Every other field changes the numbers, so a run directory
-# refuses a config that differs in any of them (new fields are covered without listing them).
-RESUMABLE_FIELDS = frozenset({
-    'name', 'workdir', 'data_source', 'idx_dir', 'tfds_data_dir', 'download_url', 'eval_batch_size',
-    'keep_checkpoints', 'checkpoint_every_steps', 'checkpoint_every_seconds', 'best_metric',
-    'cpu_devices', 'sync_every_steps', 'progress_bar', 'distributed', 'coordinator_address',
-    'num_processes', 'process_id'})
+# Fields that may change between a run and its resume (declared in config.py, beside the
+# defaults). Every other field changes the numbers, so a run directory refuses a config that
+# differs in any of them (new fields are covered without listing them).
+RESUMABLE_FIELDS = RUNTIME_FIELDS
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
@@ -348,8 +334,8 @@ def check_same_run(workdir: str | pathlib.Path, current: dict, defaults: dict) -
 
 def read_run_config(workdir: str | pathlib.Path):
   """The `config.json` of a run directory as a ConfigDict."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  path = pathlib.Path(workdir) / 'config.json'
+  import ml_collections  # pylint: disable=import-outside-toplevel  (start-up time)
+  path = pathlib.Path(workdir) / rundir.CONFIG_FILE
   if not path.is_file():
     raise CheckpointError(f'{path} not found: {workdir} is not a mnist_flax run directory '
                           '(expected config.json and checkpoints/ written by `mnist-flax train`)')
@@ -362,77 +348,4 @@ def read_run_config(workdir: str | pathlib.Path):
 # ---------------------------------------------------------------------------- the workdir lock
 
 
-class WorkdirLock:
-  """An exclusive `flock` on `<workdir>/train.lock`: one training per run directory.
-
-  The kernel drops the lock when its holder dies, SIGKILL included, so a lock file left by a
-  killed run never blocks the rerun; the pid written into it only makes the refusal readable.
-  """
-
-  def __init__(self, workdir: str | pathlib.Path):
-    self.workdir = pathlib.Path(workdir)
-    self.path = self.workdir / LOCK_FILE
-    self._fd: Optional[int] = None
-
-  def acquire(self) -> 'WorkdirLock':
-    try:
-      self.workdir.mkdir(parents=True, exist_ok=True)
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-      raise CheckpointError(f'cannot write to run directory {self.workdir}: '
-                            f'{e.strerror or e}; choose a writable --config.workdir') from None
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
-        # Some FUSE mounts (e.g. Google Drive in Colab) cannot lock: train unguarded rather
-        # than not at all.
-        logging.warning('%s: this filesystem cannot lock files (%s); nothing stops a second '
-                        'training on this workdir', self.path, e.strerror)
-        self._fd = fd
-        return self
-      holder = os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'unknown process'
-      os.close(fd)
-      if e.errno not in (errno.EAGAIN, errno.EACCES):
-        raise CheckpointError(f'cannot lock {self.path}: {e.strerror}') from None
-      raise CheckpointError(
-          f'{self.workdir} is in use by another training ({holder}); wait for it to finish or '
-          'stop it, or train into another --config.workdir') from None
-    info = {'pid': os.getpid(), 'host': socket.gethostname(),
-            'since': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
-    try:
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, json.dumps(info).encode(), 0)
-    except OSError as e:  # e.g. disk full: refuse now rather than fail at the first checkpoint
-      os.close(fd)
-      raise CheckpointError(f'cannot write to run directory {self.workdir}: {e.strerror}') from None
-    self._fd = fd
-    return self
-
-  def release(self) -> None:
-    if self._fd is not None:
-      os.close(self._fd)  # closing the descriptor drops the flock
-      self._fd = None
-
-  def __enter__(self):
-    return self.acquire()
-
-  def __exit__(self, *exc):
-    self.release()
-
-
-def move_run_aside(workdir: str | pathlib.Path) -> Optional[pathlib.Path]:
-  """Starts a run directory fresh: moves its contents (not the lock) to a sibling folder.
-
-  Returns the folder it moved them to (None when there was nothing to move). Nothing is deleted.
-  """
-  workdir = pathlib.Path(workdir)
-  entries = [p for p in workdir.iterdir() if p.name != LOCK_FILE] if workdir.is_dir() else []
-  if not entries:
-    return None
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S')
-  target = workdir.with_name(f'{workdir.name}.replaced-{stamp}')
-  target.mkdir()
-  for entry in entries:
-    shutil.move(str(entry), str(target / entry.name))
-  return target
+WorkdirLock = rundir.WorkdirLock  # kept here for code written before rundir.py

@@ -29,23 +29,28 @@ def default_config() -> ml_collections.ConfigDict:
   """The default config: the schema that every other config must fit.
 
   Defined here, not in a file of the checkout, so that an installed package has it too;
-  `experiments/configs/default.py` returns it unchanged. Its figures: see that file.
+  `experiments/configs/default.py` returns it unchanged. Its figures: see that file. The
+  hyperparameters come first; the runtime-only fields (`runtime_fields()`) after them.
   """
   config = ml_collections.ConfigDict()
-  config.name = 'default'
-
   # Model: a name from mnist_flax.models.MODELS, with keyword arguments for it.
   config.model = 'cnn'
   config.model_kwargs = ml_collections.ConfigDict()
   config.dtype = 'float32'  # compute dtype; parameters stay float32
 
-  # Optimizer and schedule (names from mnist_flax.train.OPTIMIZERS / SCHEDULES).
+  # Optimizer and schedule (mnist_flax/optim.py): any optax optimizer by name ('adam', 'adamw',
+  # 'lion', 'sgd', ...; aliases 'momentum' and 'nesterov' use config.momentum), with
+  # optimizer_kwargs its other arguments; a schedule of optim.SCHEDULES.
   config.optimizer = 'adam'
+  config.optimizer_kwargs = ml_collections.ConfigDict()
   config.learning_rate = 3e-3
   config.momentum = 0.9
+  # Decoupled weight decay for every optimizer: params -= lr * weight_decay * params (as AdamW).
   config.weight_decay = 0.0
   config.schedule = 'warmup_cosine'
   config.warmup_epochs = 0.3
+  # The loss of training and evaluation (a name from mnist_flax.losses.LOSSES).
+  config.loss = 'cross_entropy'
   # 0.1 smoothing: +0.15 points at 3 epochs (99.40% vs 99.25%, seed 0), same cost (SPEED.md).
   config.label_smoothing = 0.1
 
@@ -64,11 +69,32 @@ def default_config() -> ml_collections.ConfigDict:
   config.augment.elastic_alpha = 0.0  # elastic distortion strength in pixels (Simard: 34)
   config.augment.elastic_sigma = 4.0  # smoothness of the elastic field (Gaussian sigma, pixels)
 
+  # The data set: a name from mnist_flax.data.DATASETS (a DatasetSpec record: image shape,
+  # classes, split sizes and its loader; 'mnist' is served by config.data_source).
+  config.dataset = 'mnist'
   config.batch_size = 128
-  config.eval_batch_size = 1000
   config.num_epochs = 3
   config.seed = 0
+  # Images held out of the 60,000 for model selection (the `best` checkpoint, early stopping,
+  # hyperparameter search): a fixed split that never touches the test set. 0 = final training on
+  # all 60,000 (best.py, speedrun.py and pretrained.py do that).
+  config.validation_size = 5000
+  config.train_limit = 0  # > 0: train on the first N images only (smoke tests)
+  config.update(runtime_fields())
+  return config
 
+
+def runtime_fields() -> ml_collections.ConfigDict:
+  """The runtime-only fields and their defaults: those that may differ when a run resumes.
+
+  Where things are, how often to save, how the work is spread over devices and processes; none
+  changes the numbers. `RUNTIME_FIELDS` (and so checkpoints.RESUMABLE_FIELDS, the same-run
+  check of a resume) is derived from this list: a new runtime field is added here only.
+  """
+  config = ml_collections.ConfigDict()
+  config.name = 'default'
+  # Run directory: '' -> checkpoints/<name>.
+  config.workdir = ''
   # Data (mnist_flax/data/sources.py). data_source: 'idx' (a local folder of the four IDX
   # files: idx_dir, else $MNIST_IDX_DIR), 'tfds' (TFDS's mnist, prepared if needed: preparing
   # needs TensorFlow), 'download' (the IDX files from TFDS's location, verified; no TensorFlow)
@@ -78,14 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.idx_dir = ''
   config.tfds_data_dir = ''  # '' -> $TFDS_DATA_DIR, else TFDS default (~/tensorflow_datasets)
   config.download_url = ''  # '' -> $MNIST_DOWNLOAD_URL, else TFDS's (a mirror's base URL)
-  # Images held out of the 60,000 for model selection (the `best` checkpoint, early stopping,
-  # hyperparameter search): a fixed split that never touches the test set. 0 = final training on
-  # all 60,000 (best.py, speedrun.py and pretrained.py do that).
-  config.validation_size = 5000
-  config.train_limit = 0  # > 0: train on the first N images only (smoke tests)
-
-  # Run directory: '' -> checkpoints/<name>.
-  config.workdir = ''
+  config.eval_batch_size = 1000  # evaluation is exact whatever the batch
   # Checkpoints (issue #7): every epoch end, plus every N steps and/or S seconds (0 = off), plus
   # on SIGTERM/SIGINT. Kept: the latest `keep_checkpoints` and the best by `best_metric`
   # ('validation_accuracy' or 'validation_loss'; needs validation_size > 0).
@@ -93,13 +112,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # 0: only at the end of each epoch
   config.checkpoint_every_seconds = 0.0
   config.best_metric = 'validation_accuracy'
-
   # On CPU: split the host into N XLA devices with the batch sharded over them (-1: one per
   # core; 0: leave JAX's default of one device). Ignored by GPU/TPU backends.
   config.cpu_devices = -1
   config.sync_every_steps = 8  # wait for the device every N steps (bounded queue); 0 = never
   config.progress_bar = True
-
   # Several processes / hosts (mnist_flax/distributed.py). distributed: 'auto' (start
   # jax.distributed when a coordinator or num_processes > 1 is given, here or in
   # $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID), 'cluster' (let JAX detect
@@ -109,6 +126,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_processes = 0  # 0: from the environment (else one process)
   config.process_id = -1  # -1: from the environment
   return config
+
+
+RUNTIME_FIELDS = frozenset(runtime_fields().keys())
+FREE_FORM_SECTIONS = ('model_kwargs', 'optimizer_kwargs')  # accept any key (checked on use)
 
 
 def load_config_file(path: str | os.PathLike, validate: bool = True) -> ml_collections.ConfigDict:
@@ -187,7 +208,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     leaf = parts[-1]
     if leaf not in node:
       # Free-form sections (model_kwargs) accept new keys; elsewhere an unknown key is an error.
-      if parts[0] != 'model_kwargs':
+      if parts[0] not in FREE_FORM_SECTIONS:
         raise ConfigError(f'override {item!r}: unknown field config.{key}; known fields: '
                           f'{", ".join(sorted(node.keys()))}')
       node[leaf] = _parse_value(value, None, key)
@@ -202,7 +223,7 @@ def _check_against_schema(config, schema, prefix=''):
     if key not in schema:
       raise ConfigError(f'unknown field config.{name}; known fields: {", ".join(sorted(schema.keys()))}')
     value, expected = config[key], schema[key]
-    if name == 'model_kwargs':
+    if name in FREE_FORM_SECTIONS:
       continue
     if isinstance(expected, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
@@ -249,20 +270,36 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
 
   `num_devices`, when given, checks that the batch splits evenly over the devices.
   """
-  # Registries are imported lazily: they pull in JAX, which the CLI may need to configure first.
-  from mnist_flax import models, train  # pylint: disable=import-outside-toplevel
-
   schema = default_config()
   _check_against_schema(config, schema)
   get = lambda k: config.get(k, schema.get(k))  # noqa: E731
-  _require(get('model') in models.MODELS, 'model', get('model'),
-           f'one of {sorted(models.MODELS)}')
-  _require(get('optimizer') in train.OPTIMIZERS, 'optimizer', get('optimizer'),
-           f'one of {sorted(train.OPTIMIZERS)}')
-  _require(get('schedule') in train.SCHEDULES, 'schedule', get('schedule'),
-           f'one of {sorted(train.SCHEDULES)}')
+  _validate_parts(get)
+  _validate_training(get)
+  _validate_augment(get('augment'))
+  _validate_data(get)
+  _validate_runtime(get)
+  if num_devices is not None:
+    _require(get('batch_size') % num_devices == 0, 'batch_size', get('batch_size'),
+             f'must be divisible by the number of devices ({num_devices})')
+  _validate_kwargs(config, get)
+
+
+def _validate_parts(get) -> None:
+  """The names that pick a model, an optimizer, a schedule and a loss from their registries."""
+  # Function-level imports: they pull in JAX, which the CLI may need to configure first.
+  from mnist_flax import losses, models, optim  # pylint: disable=import-outside-toplevel
+  _require(get('model') in models.MODELS, 'model', get('model'), f'one of {sorted(models.MODELS)}')
+  _require(optim.optimizer_constructor(get('optimizer')) is not None, 'optimizer',
+           get('optimizer'), 'an optax optimizer taking learning_rate (adam, adamw, lion, sgd, '
+           f'...) or one of {sorted(optim.ALIASES)}')
+  _require(get('schedule') in optim.SCHEDULES, 'schedule', get('schedule'),
+           f'one of {sorted(optim.SCHEDULES)}')
+  _require(get('loss') in losses.LOSSES, 'loss', get('loss'), f'one of {sorted(losses.LOSSES)}')
   _require(get('dtype') in ('float32', 'bfloat16', 'float16'), 'dtype', get('dtype'),
            "'float32', 'bfloat16' or 'float16'")
+
+
+def _validate_training(get) -> None:
   _require(get('learning_rate') > 0, 'learning_rate', get('learning_rate'), 'must be > 0')
   _require(0 <= get('momentum') < 1, 'momentum', get('momentum'), 'must be in [0, 1)')
   _require(get('weight_decay') >= 0, 'weight_decay', get('weight_decay'), 'must be >= 0')
@@ -270,17 +307,40 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   _require(0 <= get('label_smoothing') < 1, 'label_smoothing', get('label_smoothing'),
            'must be in [0, 1)')
   _require(0 <= get('ema_decay') < 1, 'ema_decay', get('ema_decay'), 'must be in [0, 1) (0 = off)')
-  _validate_augment(get('augment'))
   _require(get('batch_size') >= 1, 'batch_size', get('batch_size'), 'must be >= 1')
-  _require(get('eval_batch_size') >= 1, 'eval_batch_size', get('eval_batch_size'), 'must be >= 1')
   _require(get('num_epochs') >= 1, 'num_epochs', get('num_epochs'), 'must be >= 1')
+  _require(0 <= get('seed') < 2**31 - 1, 'seed', get('seed'), 'must be in [0, 2**31 - 1)')
+
+
+def _validate_data(get) -> None:
+  """The data fields, against the data set's split sizes (data.MNIST)."""
+  from mnist_flax.data import spec  # pylint: disable=import-outside-toplevel  (start-up time)
+  _require(get('dataset') in spec.DATASETS, 'dataset', get('dataset'),
+           f'one of {sorted(spec.DATASETS)} (mnist_flax.data.register_dataset adds one)')
+  dataset = spec.DATASETS[get('dataset')]
+  full = dataset.num_train
   _require(get('data_source') in ('auto', 'idx', 'tfds', 'download'), 'data_source',
            get('data_source'), "'auto', 'idx', 'tfds' or 'download'")
   _require(not get('download_url') or get('download_url').startswith(('http://', 'https://')),
            'download_url', get('download_url'), "an http:// or https:// base URL ('' = TFDS's)")
-  _require(0 <= get('validation_size') < 60000, 'validation_size', get('validation_size'),
-           'must be in [0, 60000)')
+  _require(0 <= get('validation_size') < full, 'validation_size', get('validation_size'),
+           f'must be in [0, {full})')
   _require(get('train_limit') >= 0, 'train_limit', get('train_limit'), 'must be >= 0 (0 = all)')
+  _require(get('train_limit') <= full, 'train_limit', get('train_limit'),
+           f'must be at most {full} (the {dataset.name} training set; 0 = all)')
+  n_train = get('train_limit') or full
+  _require(get('validation_size') < n_train, 'validation_size', get('validation_size'),
+           f'must be smaller than the training images it is held out of ({n_train}'
+           f'{", config.train_limit" if get("train_limit") else ""}); 0 = no validation split')
+  _require(n_train - get('validation_size') >= get('batch_size'), 'batch_size', get('batch_size'),
+           f'must be at most the number of training images ({n_train - get("validation_size")})')
+
+
+def _validate_runtime(get) -> None:
+  """The runtime-only fields (runtime_fields())."""
+  _require(bool(get('name')) and '/' not in get('name'), 'name', get('name'),
+           'a non-empty name without "/" (the default run directory is checkpoints/<name>)')
+  _require(get('eval_batch_size') >= 1, 'eval_batch_size', get('eval_batch_size'), 'must be >= 1')
   _require(get('keep_checkpoints') >= 1, 'keep_checkpoints', get('keep_checkpoints'), 'must be >= 1')
   _require(get('checkpoint_every_steps') >= 0, 'checkpoint_every_steps',
            get('checkpoint_every_steps'), 'must be >= 0 (0 = once per epoch)')
@@ -288,13 +348,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
            get('checkpoint_every_seconds'), 'must be >= 0 (0 = off)')
   _require(get('best_metric') in ('validation_accuracy', 'validation_loss'), 'best_metric',
            get('best_metric'), "'validation_accuracy' or 'validation_loss'")
-  _require(0 <= get('seed') < 2**31 - 1, 'seed', get('seed'), 'must be in [0, 2**31 - 1)')
   _require(get('sync_every_steps') >= 0, 'sync_every_steps', get('sync_every_steps'),
            'must be >= 0 (0 = never wait)')
-  _require(get('train_limit') <= 60000, 'train_limit', get('train_limit'),
-           'must be at most 60000 (the MNIST training set; 0 = all)')
-  _require(bool(get('name')) and '/' not in get('name'), 'name', get('name'),
-           'a non-empty name without "/" (the default run directory is checkpoints/<name>)')
   _require(get('cpu_devices') >= -1, 'cpu_devices', get('cpu_devices'),
            '-1 (one per core), 0 (leave JAX alone) or a device count')
   # Several processes (mnist_flax/distributed.py checks the combination with the environment).
@@ -308,21 +363,28 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
            get('process_id'), f'must be < config.num_processes ({get("num_processes")})')
   _require(not get('coordinator_address') or ':' in get('coordinator_address'),
            'coordinator_address', get('coordinator_address'), "expected 'host:port' of process 0")
-  if num_devices is not None:
-    _require(get('batch_size') % num_devices == 0, 'batch_size', get('batch_size'),
-             f'must be divisible by the number of devices ({num_devices})')
-  n_train = (get('train_limit') or 60000)
-  _require(get('validation_size') < n_train, 'validation_size', get('validation_size'),
-           f'must be smaller than the training images it is held out of ({n_train}'
-           f'{", config.train_limit" if get("train_limit") else ""}); 0 = no validation split')
-  _require(n_train - get('validation_size') >= get('batch_size'), 'batch_size', get('batch_size'),
-           f'must be at most the number of training images ({n_train - get("validation_size")})')
+
+
+def _validate_kwargs(config, get) -> None:
+  """model_kwargs and optimizer_kwargs fit their constructors (built, nothing computed)."""
+  from mnist_flax import models, optim  # pylint: disable=import-outside-toplevel  (see above)
   try:
     models.get_model(config)
   except TypeError as e:
     kwargs = dict(config.get('model_kwargs') or {})
     raise ConfigError(f'config.model_kwargs={kwargs} does not fit model '
                       f'{get("model")!r}: {e}') from None
+  kwargs = dict(config.get('optimizer_kwargs') or {})
+  reserved = sorted(set(kwargs) & set(optim.RESERVED_KWARGS))
+  _require(not reserved, 'optimizer_kwargs', kwargs,
+           f'{reserved} come from their own fields (config.learning_rate, config.weight_decay)')
+  try:
+    optim.make_optimizer(config, steps_per_epoch=2)
+  except (AttributeError, KeyError):
+    pass  # a partial config (fields missing): the fields were checked one by one above
+  except TypeError as e:
+    raise ConfigError(f'config.optimizer_kwargs={kwargs} does not fit optimizer '
+                      f'{get("optimizer")!r}: {e}') from None
 
 
 def resolve_workdir(config: ml_collections.ConfigDict) -> pathlib.Path:

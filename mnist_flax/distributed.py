@@ -75,7 +75,7 @@ def resolve_settings(config) -> Optional[Settings]:
 
 
 def _backends_started() -> bool:
-  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel  (start-up time)
   return xla_bridge.backends_are_initialized()
 
 
@@ -110,5 +110,5 @@ def initialize(config) -> bool:
 def barrier(name: str) -> None:
   """Waits until every process reaches `name` (a no-op with one process)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel  (start-up time)
     multihost_utils.sync_global_devices(name)

@@ -27,10 +27,10 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from mnist_flax import augment
+from mnist_flax import augment, data
 from mnist_flax import predict as predict_lib
 from mnist_flax.errors import ConfigError
-from mnist_flax.predict import to_float
+from mnist_flax.inference import to_float
 
 # name -> views as (row shift, column shift, rotation in degrees); the identity comes first.
 TTA_VIEWS: dict[str, tuple[tuple[float, float, float], ...]] = {
@@ -55,7 +55,7 @@ def view_probabilities(classifier, images, views=TTA_VIEWS['none']) -> np.ndarra
   (uint8 [0, 255] or float [0, 1], (N, 28, 28[, 1]))."""
   images = np.asarray(images)
   if not len(images):
-    return np.zeros((0, 10), np.float32)
+    return np.zeros((0, data.MNIST.num_classes), np.float32)
   floats = to_float(images) if len(views) > 1 else None  # NHWC float, what the warps take
   total = 0.0
   for d_row, d_col, rotate in views:
@@ -119,7 +119,6 @@ def evaluate_ensemble(specs: Sequence[str], tta: str = 'none', batch_size: int =
   held-out part of the training images that the members were trained without, so they must all
   have been trained with the same `validation_size`, which is checked).
   """
-  from mnist_flax import data  # pylint: disable=import-outside-toplevel
   if split not in ('test', 'validation'):
     raise ConfigError(f'unknown split {split!r}; expected "test" or "validation"')
   ensemble = load_ensemble(specs, tta=tta)

@@ -4,6 +4,8 @@ The CLI prints these as one line and exits non-zero; anything else is a bug and 
 traceback.
 """
 
+import importlib
+
 
 class MnistFlaxError(Exception):
   """Base class of every expected, user-caused failure."""
@@ -43,7 +45,6 @@ class MissingExtraError(MnistFlaxError, ImportError):
 
 def require(module: str, extra: str, feature: str):
   """Imports `module`, or raises MissingExtraError naming the extra that provides it."""
-  import importlib  # pylint: disable=import-outside-toplevel
   try:
     return importlib.import_module(module)
   except ImportError:

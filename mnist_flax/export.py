@@ -14,18 +14,15 @@ accumulators): three to four times the weights. `export_model` writes what predi
 
 from __future__ import annotations
 
-import json
+import os
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 
-from mnist_flax import predict
+from mnist_flax import data, predict, rundir
 from mnist_flax.errors import CheckpointError
-
-
-def _write_json(path: pathlib.Path, value: dict):
-  path.write_text(json.dumps(value, indent=2, sort_keys=True) + '\n')
 
 
 def measure_test_accuracy(classifier: predict.Classifier, idx_dir: str | None = None) -> dict:
@@ -42,8 +39,6 @@ def measure_test_accuracy(classifier: predict.Classifier, idx_dir: str | None = 
 
 def mnist_test_set(idx_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The MNIST test images (uint8 (10000, 28, 28)) and labels, from the IDX files."""
-  import os  # pylint: disable=import-outside-toplevel
-  from mnist_flax import data  # pylint: disable=import-outside-toplevel
   folder = pathlib.Path(idx_dir or os.environ.get(data.IDX_DIR_ENV, ''))
   if not idx_dir and not os.environ.get(data.IDX_DIR_ENV):
     raise CheckpointError(f'cannot measure the test accuracy: set {data.IDX_DIR_ENV} to the folder '
@@ -62,7 +57,7 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
 
   `checkpoint`: the run's step to export, 'latest' (default), 'best' (by validation) or a number.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  (start-up time)
   workdir, out = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
   if out == workdir:
     raise CheckpointError(f'--out must differ from the run directory ({workdir})')
@@ -73,10 +68,10 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
     shutil.rmtree(out)
   out.mkdir(parents=True)
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    checkpointer.save(out / predict.VARIABLES_DIR, args=ocp.args.PyTreeSave(classifier.variables))
-  config = json.loads((workdir / predict.CONFIG_FILE).read_text())
+    checkpointer.save(out / rundir.VARIABLES_DIR, args=ocp.args.PyTreeSave(classifier.variables))
+  config = rundir.read_json(workdir / rundir.CONFIG_FILE)
   config['workdir'] = ''  # the run directory is not shipped
-  _write_json(out / predict.CONFIG_FILE, config)
+  rundir.write_json(out / rundir.CONFIG_FILE, config)
 
   exported = predict.load_classifier(out)  # measure what was written, through `predict`
   measured = measure_test_accuracy(exported, idx_dir)
@@ -84,17 +79,12 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
   summary['export'] = {
       'from_run': workdir.name, 'from_step': classifier.step,
       'variables': sorted(classifier.variables), 'ema': classifier.config.get('ema_decay', 0.0) > 0,
-      'params': int(sum(np.size(x) for x in _leaves(classifier.variables['params']))),
+      'params': int(sum(np.size(x) for x in jax.tree.leaves(classifier.variables['params']))),
       'predict_test_accuracy': measured['test_accuracy'],
       'predict_test_correct': measured['test_correct'],
   }
-  _write_json(out / predict.SUMMARY_FILE, summary)
+  rundir.write_json(out / rundir.SUMMARY_FILE, summary)
   return summary
-
-
-def _leaves(tree):
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.tree.leaves(tree)
 
 
 def directory_size(path: str | pathlib.Path) -> int:

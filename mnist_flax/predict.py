@@ -1,7 +1,8 @@
-"""Inference: the one predict function that evaluation, the CLI, the notebook and tests share.
+"""Restored classifiers: load a run directory or an exported model, classify images.
 
-* `predict(model, variables, images)`: pure and jitted, class probabilities for a batch of
-  28x28 images (what `train.py`'s evaluation also runs, through `predict_logits`).
+* `predict(model, variables, images)`: the one predict function (inference.py, re-exported
+  here), pure and jitted, class probabilities for a batch of images; training's evaluation runs
+  the same forward pass (`predict_logits`).
 * `load_classifier(directory)`: restores the inference variables (params, plus batch_stats, or
   their EMA when the run kept one) of a run directory (`mnist-flax train`) or of an exported
   model (`mnist-flax export`, e.g. the shipped `checkpoints/pretrained/`) onto this machine's
@@ -19,44 +20,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import math
+import os
 import pathlib
 from typing import Any, Iterable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from mnist_flax import inference, models, rundir
+from mnist_flax.data.spec import DATASETS, MNIST
 from mnist_flax.errors import CheckpointError
+from mnist_flax.inference import predict, predict_logits, to_float  # noqa: F401  (re-exported)
+from mnist_flax.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
 
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / 'checkpoints' / 'pretrained'
-VARIABLES_DIR = 'variables'  # an exported model's Orbax checkpoint of the inference variables
-CONFIG_FILE, SUMMARY_FILE = 'config.json', 'summary.json'
-RUN_CHECKPOINT_DIR = 'checkpoints'  # as in checkpoints.py (not imported: it pulls in the manager)
+RUN_CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
 MAX_BATCH = 1024  # images per jitted call; smaller batches are padded to a power of two
-
-
-def to_float(images):
-  """uint8 [0, 255] or float [0, 1] images (N, 28, 28[, 1]) -> float32 NHWC in [0, 1]."""
-  images = jnp.asarray(images)
-  if images.ndim == 3:
-    images = images[..., None]
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
-
-
-def predict_logits(model, variables, images):
-  """Pure: logits (N, 10) in float32 for a batch of images, model in eval mode."""
-  logits = model.apply(variables, to_float(images), train=False)
-  return logits.astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def predict(model, variables, images):
-  """Jitted: class probabilities (N, 10) for a batch of 28x28 images."""
-  return jax.nn.softmax(predict_logits(model, variables, images), axis=-1)
 
 
 def enable_compilation_cache(directory: str | pathlib.Path | None = None) -> Optional[pathlib.Path]:
@@ -65,7 +46,6 @@ def enable_compilation_cache(directory: str | pathlib.Path | None = None) -> Opt
   Measured on the 2-core CPU: the first call's compile drops from ~0.6 s to ~0.2 s. Default
   place: $MNIST_FLAX_CACHE, else $XDG_CACHE_HOME/mnist_flax/xla (~/.cache/...); '' disables it.
   """
-  import os  # pylint: disable=import-outside-toplevel
   if directory is None:
     directory = os.environ.get('MNIST_FLAX_CACHE')
     if directory is None:
@@ -92,14 +72,6 @@ def _read_json(path: pathlib.Path, what: str) -> dict:
     raise CheckpointError(f'{path}: cannot read the {what} ({e})') from None
 
 
-def _step_dirs(directory: pathlib.Path) -> list[pathlib.Path]:
-  """The finished Orbax steps of a run directory, newest first (unfinished temporary steps,
-  whose names are not plain numbers, skipped)."""
-  root = directory / RUN_CHECKPOINT_DIR
-  steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
-  return sorted(steps, key=lambda p: int(p.name), reverse=True)
-
-
 def _describe_layout(directory: pathlib.Path) -> str:
   return (f'expected a run directory (config.json and checkpoints/<step>/, written by `mnist-flax '
           f'train`) or an exported model (config.json and {VARIABLES_DIR}/, written by '
@@ -107,7 +79,6 @@ def _describe_layout(directory: pathlib.Path) -> str:
 
 
 def _model_of(config, directory: pathlib.Path):
-  from mnist_flax import models  # pylint: disable=import-outside-toplevel
   name = config.get('model')
   if name not in models.MODELS:
     raise CheckpointError(f'{directory} holds a model {name!r} that this version of mnist_flax '
@@ -119,18 +90,14 @@ def _model_of(config, directory: pathlib.Path):
                           f'({e})') from None
 
 
-def abstract_variables(model, sharding) -> dict:
+def abstract_variables(model, sharding, image_shape: Optional[tuple] = None) -> dict:
   """Shapes and dtypes of `model`'s inference variables, placed with `sharding` (no compute)."""
-  def init():  # keys made inside: eval_shape then traces them too, and nothing compiles
-    key = jax.random.PRNGKey(0)
-    return model.init({'params': key, 'dropout': key}, jnp.zeros((1, 28, 28, 1)), train=False)
-  shapes = jax.eval_shape(init)
-  shapes = {k: v for k, v in dict(shapes).items() if k in ('params', 'batch_stats')}
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+  return inference.abstract_variables(model, sharding, image_shape or MNIST.image_shape)
 
 
 def _restore(path: pathlib.Path, item: dict, partial: bool, directory: pathlib.Path) -> dict:
   """Orbax restore of `item`'s leaves (abstract arrays) from the PyTree checkpoint at `path`."""
+  # Imported here: Orbax (with TensorStore) is the slowest import, needed only to restore.
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   path = path.absolute()  # Orbax refuses relative paths (`--workdir checkpoints/default`)
   args = ocp.args.PyTreeRestore(item=item, partial_restore=partial,
@@ -166,46 +133,45 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
   """
   directory = pathlib.Path(directory)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = abstract_variables(model, sharding)
+  target = abstract_variables(model, sharding, _dataset(config, directory).image_shape)
   if (directory / VARIABLES_DIR).is_dir():
     if str(checkpoint) != 'latest':
       raise CheckpointError(f'{directory} is an exported model with one set of weights; '
                             f'checkpoint={checkpoint!r} needs a run directory')
-    return _check_finite(_restore(directory / VARIABLES_DIR, target, partial=False,
+    return _require_finite_weights(_restore(directory / VARIABLES_DIR, target, partial=False,
                                   directory=directory), directory), None
-  candidates = _step_dirs(directory)
+  candidates = rundir.step_numbers(directory)[::-1]
   if not candidates:
     raise CheckpointError(f'{directory} holds no checkpoint (no {RUN_CHECKPOINT_DIR}/<step>/ or '
                           f'{VARIABLES_DIR}/); train first: mnist-flax train '
                           f'--config.workdir={directory}')
   if str(checkpoint) != 'latest':
+    # Imported here: only 'best' and step numbers need the checkpoint manager (start-up time).
     from mnist_flax import checkpoints  # pylint: disable=import-outside-toplevel
-    step = checkpoints.select_step(directory, checkpoint)
-    candidates = [directory / RUN_CHECKPOINT_DIR / str(step)]
+    candidates = [checkpoints.select_step(directory, checkpoint)]
   key = 'ema' if config.get('ema_decay', 0.0) > 0 else None
   item = {'state': {key: target} if key else target}
-  skipped = []
-  for step_dir in candidates:
-    try:
-      restored = _restore(step_dir / 'state', item, partial=True, directory=directory)
-      variables = _check_finite(restored['state'][key] if key else restored['state'], directory)
-    except CheckpointError as e:
-      skipped.append((step_dir, str(e)))
-      continue
-    for bad, reason in skipped:
-      logging.warning('skipped checkpoint %s: %s; using step %s instead', bad, reason,
-                      step_dir.name)
-    return variables, int(step_dir.name)
-  if len(skipped) == 1:
-    raise CheckpointError(skipped[0][1])
-  raise CheckpointError(f'{directory}: none of its checkpoints restores: '
-                        + '; '.join(reason for _, reason in skipped))
+
+  def load(step: int) -> dict:
+    restored = _restore(directory / RUN_CHECKPOINT_DIR / str(step) / 'state', item,
+                        partial=True, directory=directory)
+    return _require_finite_weights(restored['state'][key] if key else restored['state'], directory)
+  step, variables = rundir.first_that_loads(candidates, load, (CheckpointError,),
+                                            directory / RUN_CHECKPOINT_DIR)
+  return variables, step
 
 
-def _check_finite(variables: dict, directory: pathlib.Path) -> dict:
-  # On the host with numpy: a jnp check would compile one tiny kernel per leaf shape (seconds).
-  leaves = jax.tree.leaves(variables)
-  if not leaves or not all(np.isfinite(np.asarray(x)).all() for x in leaves):
+def _dataset(config, directory: pathlib.Path):
+  """The data set record the run was trained on (its image shape is the model's input)."""
+  name = config.get('dataset', MNIST.name)
+  if name not in DATASETS:
+    raise CheckpointError(f'{directory} was trained on data set {name!r}, which is not registered '
+                          f'in this process (known: {", ".join(sorted(DATASETS))})')
+  return DATASETS[name]
+
+
+def _require_finite_weights(variables: dict, directory: pathlib.Path) -> dict:
+  if not jax.tree.leaves(variables) or inference.nonfinite_leaves(variables):
     raise CheckpointError(f'{directory}: the checkpoint holds NaN or infinite weights (corrupt, or '
                           'saved from a diverged run)')
   return variables
@@ -252,14 +218,15 @@ class ClassifierBase:
       results.append(Prediction(
           source=source, label=int(order[0]), probability=float(p[order[0]]),
           top_k=tuple((int(k), float(p[k])) for k in order), probabilities=p,
-          image=np.asarray(image).reshape(28, 28)))
+          image=np.asarray(image).reshape(MNIST.image_shape[:2])))
     return results
 
   def classify(self, inputs: Iterable[Any], top_k: int = 3) -> list[Prediction]:
     """File paths, numpy arrays or PIL images -> one Prediction each (ImageError on a bad one)."""
-    from mnist_flax import preprocess as prep  # pylint: disable=import-outside-toplevel
+    from mnist_flax import preprocess as prep  # pylint: disable=import-outside-toplevel  (PIL)
     inputs = list(inputs)
-    images = np.stack([prep.preprocess(x) for x in inputs]) if inputs else np.zeros((0, 28, 28), np.uint8)
+    images = (np.stack([prep.preprocess(x) for x in inputs]) if inputs
+              else np.zeros((0,) + MNIST.image_shape[:2], np.uint8))
     return self.predictions(images, [prep.describe(x) for x in inputs], top_k)
 
 
@@ -281,11 +248,9 @@ class Classifier(ClassifierBase):
     out = []
     for start in range(0, len(images), MAX_BATCH):
       chunk = images[start:start + MAX_BATCH]
-      size = _bucket(len(chunk))
-      if len(chunk) < size:
-        chunk = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+      chunk = inference.pad_to(chunk, _bucket(len(chunk)))
       out.append(np.asarray(predict(self.model, self.variables, chunk)))
-    return np.concatenate(out)[:len(images)] if out else np.zeros((0, 10), np.float32)
+    return np.concatenate(out)[:len(images)] if out else np.zeros((0, MNIST.num_classes), np.float32)
 
 
 def load_classifier(directory: str | pathlib.Path | None = None, sharding=None,
@@ -294,7 +259,6 @@ def load_classifier(directory: str | pathlib.Path | None = None, sharding=None,
 
   `checkpoint`: a run directory's 'latest' (default), 'best' (by validation) or step number.
   """
-  import ml_collections  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory) if directory else PRETRAINED_DIR
   if not directory.exists():
     hint = (' (the pretrained model ships with the repository checkout: run from a clone, or pass '
@@ -337,9 +301,9 @@ def save_figure(predictions: Sequence[Prediction], path: str | pathlib.Path):
   So a person can see why: a wrong label usually shows up as a bad crop or a lost stroke in the
   middle panel. Matplotlib is imported only here.
   """
-  from mnist_flax import report  # pylint: disable=import-outside-toplevel
-  plt = report.pyplot()  # standalone figures: no backend switch
-  from mnist_flax import preprocess as prep  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel  (matplotlib and PIL only when a figure is asked for)
+  from mnist_flax import plots, preprocess as prep
+  plt = plots.pyplot()  # standalone figures: no backend switch
   rows = len(predictions)
   fig, axes = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), squeeze=False,
                            gridspec_kw={'width_ratios': [1, 1, 1.6]})
@@ -355,9 +319,10 @@ def save_figure(predictions: Sequence[Prediction], path: str | pathlib.Path):
     for ax in (ax_in, ax_seen):
       ax.set_xticks([])
       ax.set_yticks([])
-    colours = ['tab:blue' if k == p.label else 'lightgray' for k in range(10)]
-    ax_bar.bar(range(10), p.probabilities, color=colours, edgecolor='black', linewidth=0.5)
-    ax_bar.set_xticks(range(10))
+    classes = range(len(p.probabilities))
+    colours = ['tab:blue' if k == p.label else 'lightgray' for k in classes]
+    ax_bar.bar(classes, p.probabilities, color=colours, edgecolor='black', linewidth=0.5)
+    ax_bar.set_xticks(classes)
     ax_bar.set_ylim(0, 1)
     ax_bar.set_title(f'label {p.label}  p={p.probability:.3f}', fontsize=9)
   fig.tight_layout()

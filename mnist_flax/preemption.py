@@ -58,7 +58,7 @@ def _any_process(*flags: bool) -> tuple[bool, ...]:
   """Each flag OR-ed over all processes (a collective: every process must call it)."""
   if jax.process_count() == 1:
     return flags
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel  (start-up time)
   gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
   return tuple(bool(x) for x in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0))
 

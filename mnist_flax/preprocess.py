@@ -23,6 +23,7 @@ a grey level or two of contrast stretch). Only numpy and Pillow: no TensorFlow, 
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import warnings
@@ -428,7 +429,6 @@ def render_photo_like(digit: np.ndarray, rng: np.random.Generator, size: int = 0
   (default: random 60-90) and decoded again. Used by the tests and `experiments/make_samples.py`
   to check `preprocess` against what people actually feed it.
   """
-  import io  # pylint: disable=import-outside-toplevel
   digit = np.asarray(digit, np.uint8).reshape(MNIST_SIZE, MNIST_SIZE)
   size = size or int(rng.integers(150, 330))
   ink = np.asarray(Image.fromarray(digit, 'L').resize((size, size), Image.Resampling.BICUBIC),

@@ -41,7 +41,7 @@ def setup_cpu_devices(num: int, batch_size: int = 0) -> None:
     return
   if num < 0:
     num = auto_cpu_devices(batch_size or 1)
-  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel  (start-up time)
   if xla_bridge.backends_are_initialized():
     have = jax.local_device_count()
     if jax.default_backend() == 'cpu' and have != num:

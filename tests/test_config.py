@@ -3,6 +3,8 @@ import pytest
 from mnist_flax import config as config_lib
 from mnist_flax.errors import ConfigError
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture
 def default():

@@ -20,7 +20,8 @@ import numpy as np
 from mnist_flax.data.idx import (IDX_DIR_ENV, IDX_FILES, OFFLINE_HELP, find_idx_files, parse_idx,
                                  read_idx, read_idx_dir)
 from mnist_flax.data.sources import SOURCES, choose_source, load_arrays, resolve_idx_dir, tfds_data_dir
-from mnist_flax.data.spec import MNIST, DatasetSpec, canonical_order
+from mnist_flax.data.spec import DATASETS, MNIST, DatasetSpec, canonical_order, spec_of
+from mnist_flax.data.spec import register as register_dataset
 from mnist_flax.errors import DataError
 
 # Kept for code written against the single-module data layer; new code reads `MNIST`.
@@ -52,8 +53,9 @@ class Datasets:
 
 def load_raw(config) -> tuple[Split, Split, str]:
   """The full train and test splits, in the canonical order, and where they came from."""
-  arrays, description = load_arrays(config)
-  splits = [Split(np.ascontiguousarray(arrays[f'{s}_images']).reshape((-1,) + MNIST.image_shape),
+  spec = spec_of(config)
+  arrays, description = spec.load(config) if spec.load else load_arrays(config)
+  splits = [Split(np.ascontiguousarray(arrays[f'{s}_images']).reshape((-1,) + spec.image_shape),
                   arrays[f'{s}_labels'].astype(np.int32)) for s in ('train', 'test')]
   return splits[0], splits[1], description
 
@@ -74,6 +76,18 @@ def validation_count(requested: int, available: int, spec: DatasetSpec = MNIST) 
   return scaled
 
 
+def train_size(config, available: Optional[int] = None) -> int:
+  """How many images a config trains on, of `available` training images in the source.
+
+  The one place for that arithmetic: `load_datasets` makes splits of these sizes, and restoring
+  a run rebuilds its schedule's length (steps per epoch) from it without loading the data.
+  """
+  spec = spec_of(config)
+  available = spec.num_train if available is None else available
+  n_val = validation_count(config.get('validation_size', 0), available, spec)
+  return min(config.get('train_limit') or available, available) - n_val
+
+
 def load_datasets(config) -> Datasets:
   """Train/validation/test splits for a config.
 
@@ -82,7 +96,7 @@ def load_datasets(config) -> Datasets:
   training seed, so runs with different seeds are selected on the same images.
   """
   train, test, description = load_raw(config)
-  n_val = validation_count(config.get('validation_size', 0), len(train))
+  n_val = validation_count(config.get('validation_size', 0), len(train), spec_of(config))
   if config.get('train_limit'):
     train = train.take(slice(0, config.train_limit))
   validation = None
@@ -98,8 +112,8 @@ def load_datasets(config) -> Datasets:
 
 
 __all__ = [
-    'DataError', 'Datasets', 'DatasetSpec', 'IDX_DIR_ENV', 'IDX_FILES', 'IMAGE_SHAPE', 'MNIST',
+    'DATASETS', 'DataError', 'Datasets', 'DatasetSpec', 'register_dataset', 'spec_of', 'IDX_DIR_ENV', 'IDX_FILES', 'IMAGE_SHAPE', 'MNIST',
     'NUM_CLASSES', 'NUM_TEST', 'NUM_TRAIN', 'OFFLINE_HELP', 'SOURCES', 'Split', 'canonical_order',
     'choose_source', 'find_idx_files', 'load_arrays', 'load_datasets', 'load_raw', 'parse_idx',
-    'read_idx', 'read_idx_dir', 'resolve_idx_dir', 'tfds_data_dir', 'validation_count',
+    'read_idx', 'read_idx_dir', 'resolve_idx_dir', 'tfds_data_dir', 'train_size', 'validation_count',
 ]

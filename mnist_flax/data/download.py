@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from typing import NamedTuple
 
+from mnist_flax import rundir
 from mnist_flax.data.idx import IDX_FILES, OFFLINE_HELP
 from mnist_flax.errors import DataError
 
@@ -134,12 +135,8 @@ def fetch_idx_files(cache_dir: str | os.PathLike, configured_url: str = '') -> d
       cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
       raise DataError(f'cannot create the download cache {cache_dir}: {e}') from None
-    part = path.with_name(f'{name}.part-{os.getpid()}')
-    try:
+    with rundir.atomic_path(path) as part:  # only a verified file ever has the cached name
       _fetch(url, part)
       _verify(part, name, registered[name], url)
-      os.replace(part, path)  # only a verified file ever has the cached name
-    finally:
-      part.unlink(missing_ok=True)
     paths[key] = path
   return paths

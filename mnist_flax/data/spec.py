@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -29,6 +30,10 @@ class DatasetSpec:
   image_shape: tuple[int, int, int]  # (height, width, channels)
   num_classes: int
   split_sizes: dict  # split name -> number of examples in the full split
+  # config -> ({'train_images', 'train_labels', 'test_images', 'test_labels'}: uint8 images and
+  # integer labels in a fixed order, a description of where they came from). None: MNIST's
+  # sources (sources.py: IDX folder, TFDS, verified download).
+  load: Optional[Callable] = dataclasses.field(default=None, compare=False)
 
   @property
   def num_train(self) -> int:
@@ -41,6 +46,22 @@ class DatasetSpec:
 
 MNIST = DatasetSpec(name='mnist', image_shape=(28, 28, 1), num_classes=10,
                     split_sizes={'train': 60000, 'test': 10000})
+DATASETS: dict[str, DatasetSpec] = {MNIST.name: MNIST}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+  """Makes a data set selectable as `config.dataset = spec.name` (it needs a `load`)."""
+  if spec.name in DATASETS:
+    raise ValueError(f'data set {spec.name!r} is already registered')
+  if spec.load is None:
+    raise ValueError(f'data set {spec.name!r} needs a load(config) function')
+  DATASETS[spec.name] = spec
+  return spec
+
+
+def spec_of(config) -> DatasetSpec:
+  """The record of the data set `config.dataset` names (default: MNIST)."""
+  return DATASETS[config.get('dataset', MNIST.name)]
 
 
 @functools.lru_cache(maxsize=8)

@@ -43,13 +43,13 @@ def is_readable(data_dir: pathlib.Path) -> bool:
 
 
 def _has_array_record(builder) -> bool:
-  from tensorflow_datasets.core import file_adapters  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=import-outside-toplevel  (start-up time)
   return file_adapters.FileFormat.ARRAY_RECORD in builder.info.available_file_formats()
 
 
 def _check_reachable(builder) -> None:
   """Fails in seconds on an offline machine (TFDS itself retries the download for minutes)."""
-  from tensorflow_datasets.image_classification import mnist  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.image_classification import mnist  # pylint: disable=import-outside-toplevel  (start-up time)
   url = urllib.parse.urlparse(mnist.MNIST.URL)
   try:
     with socket.create_connection((url.hostname, url.port or 443), timeout=5.0):
@@ -114,7 +114,7 @@ def _read_data_source(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_dataset(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  (start-up time)
   # Chunks of 10,000: batch_size=-1 aborts under tfds.testing.mock_data with TF 2.21.
   dataset = builder.as_dataset(split=split, batch_size=10000, shuffle_files=False)
   images, labels = [], []

@@ -1,0 +1,243 @@
+"""Figures without pyplot state: training curves, digit grids, confusion matrix, per-class accuracy.
+
+Matplotlib `Figure`s made directly (no pyplot, imported lazily: no display needed, and a
+notebook's backend is left alone). Digits are drawn with 'Greys' (dark ink on white) and every
+line has its own style and marker, so the figures survive greyscale printing. No JAX: the
+inputs are numpy arrays and lists of epoch records. Also the small numpy analyses the figures
+draw (confusion matrix, per-class accuracy, most confident mistakes).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Optional, Sequence
+
+import numpy as np
+
+NUM_MISTAKES = 24  # the grid of most confident mistakes: 3 rows of 8
+# Distinct line styles and markers: runs stay distinguishable without colour.
+LINE_STYLES = ('-', '--', ':', '-.')
+MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X', '*')
+
+
+class _Figures:
+  """The two pyplot calls the plots use, on standalone `matplotlib.figure.Figure`s.
+
+  No pyplot state and no backend switch: saving works without a display, and a notebook's
+  inline plotting (or a user's GUI backend) is left exactly as it was.
+  """
+
+  @staticmethod
+  def subplots(*args, figsize=None, **kwargs):
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  (start-up time)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+  @staticmethod
+  def get_cmap(name: str):
+    import matplotlib  # pylint: disable=import-outside-toplevel  (start-up time)
+    return matplotlib.colormaps[name]
+
+
+def pyplot() -> _Figures:
+  return _Figures()
+
+
+def save_figure(fig, out: str | pathlib.Path, dpi: int = 100) -> pathlib.Path:
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=dpi)
+  return out
+
+
+def plot_curves(records: list[dict], out: str | pathlib.Path, title: str = '',
+                schedule: Optional[tuple[Sequence, Sequence]] = None) -> pathlib.Path:
+  """Loss and accuracy per epoch (train, test, validation) and the learning rate, as one PNG.
+
+  `schedule` (steps, rates) draws the whole per-step schedule; without it the learning rate
+  recorded at the end of each epoch is drawn.
+  """
+  plt = pyplot()
+  epochs = [r['epoch'] for r in records]
+  fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
+  splits = (('train', '-o', 'black'), ('test', '--s', 'tab:orange'),
+            ('validation', ':^', 'tab:blue'))
+  # Train figures are of the training objective (with label smoothing, dropout and augmentation
+  # when the config has them, raw weights); test and validation are the plain cross-entropy of
+  # the evaluated (EMA) weights. Their gap is not overfitting, and the legend says so.
+  legend = {'train': 'train (training objective)'}
+  for ax, metric, label in ((ax_loss, 'loss', 'loss (log scale)'),
+                            (ax_acc, 'accuracy', 'accuracy (%)')):
+    scale = 100.0 if metric == 'accuracy' else 1.0
+    for split, style, color in splits:
+      key = f'{split}_{metric}'
+      if records and key in records[0]:
+        ax.plot(epochs, [r[key] * scale for r in records], style, color=color,
+                label=legend.get(split, split),
+                markersize=5)
+    _epoch_axis(ax)
+    ax.set_ylabel(label)
+    if records:
+      ax.legend()
+  if records and all(r.get('train_loss', 0) > 0 for r in records):
+    ax_loss.set_yscale('log')
+  ax_loss.set_title('loss per epoch')
+  ax_acc.set_title('accuracy per epoch')
+  _plot_learning_rate(ax_lr, records, schedule)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return save_figure(fig, out)
+
+
+def _epoch_axis(ax):
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel  (start-up time)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+  ax.set_xlabel('epoch')
+  ax.grid(alpha=0.3)
+
+
+def _plot_learning_rate(ax, records, schedule):
+  per_epoch = steps_per_epoch(records)
+  if schedule is not None and per_epoch:
+    # Steps as fractional epochs, so the schedule lines up with the other two panels.
+    ax.plot([s / per_epoch for s in schedule[0]], schedule[1], '-', color='black',
+            label='schedule (per step)')
+  marked = [r for r in records if 'learning_rate' in r]
+  if marked:
+    ax.plot([r['epoch'] for r in marked], [r['learning_rate'] for r in marked], 's',
+            color='tab:orange', markersize=6, label='at end of epoch')
+    ax.legend()
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('learning rate')
+  ax.set_title('learning-rate schedule')
+  ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
+  ax.grid(alpha=0.3)
+
+
+def steps_per_epoch(records: list[dict]) -> int:
+  last = records[-1] if records else {}
+  return last['step'] // last['epoch'] if last.get('epoch') else 0
+
+
+def plot_digit_grid(images: np.ndarray, captions: Sequence[str], out: str | pathlib.Path,
+                    title: str, ncols: int = 8, cell_inches: float = 1.25,
+                    caption_size: int = 11) -> pathlib.Path:
+  """uint8 digits (N, 28, 28[, 1]) in a grid, each with a caption above it, dark ink on white."""
+  plt = pyplot()
+  n = len(images)
+  ncols = max(1, min(ncols, n))
+  nrows = max(1, math.ceil(n / ncols))
+  caption_lines = max((c.count('\n') + 1 for c in captions), default=1)
+  fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                           figsize=(ncols * cell_inches,
+                                    nrows * (cell_inches + 0.18 * caption_lines) + 0.6))
+  for i, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if i < n:
+      ax.imshow(np.asarray(images[i]).reshape(np.shape(images[i])[:2]), cmap='Greys', vmin=0, vmax=255,
+                interpolation='nearest')
+      ax.set_title(captions[i], fontsize=caption_size)
+  fig.suptitle(title, fontsize=14)
+  fig.tight_layout()
+  return save_figure(fig, out)
+
+
+def plot_confusion_matrix(confusion: np.ndarray, out: str | pathlib.Path,
+                          title: str = 'confusion matrix on the test set') -> pathlib.Path:
+  """Counts of (true, predicted) digits; log-scaled shading so rare confusions stay visible."""
+  from matplotlib.colors import LogNorm  # pylint: disable=import-outside-toplevel  (start-up time)
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(8.5, 7.5))
+  shown = np.where(confusion > 0, confusion, np.nan)  # zeros stay white
+  image = ax.imshow(shown, cmap='Greys', norm=LogNorm(vmin=1, vmax=max(int(confusion.max()), 2)))
+  threshold = math.sqrt(max(int(confusion.max()), 1))  # half-way up the log scale
+  for (true, pred), count in np.ndenumerate(confusion):
+    if count:
+      ax.text(pred, true, str(count), ha='center', va='center', fontsize=9,
+              color='white' if count > threshold else 'black')
+  ticks = range(confusion.shape[0])
+  ax.set_xticks(ticks)
+  ax.set_yticks(ticks)
+  ax.set_xlabel('predicted digit')
+  ax.set_ylabel('true digit')
+  ax.set_title(f'{title} ({int(np.trace(confusion))} of {int(confusion.sum())} correct)')
+  fig.colorbar(image, ax=ax, label='number of test images (log scale)')
+  fig.tight_layout()
+  return save_figure(fig, out)
+
+
+def plot_per_class_accuracy(confusion: np.ndarray, out: str | pathlib.Path,
+                            title: str = 'accuracy per digit on the test set') -> pathlib.Path:
+  plt = pyplot()
+  accuracy = 100.0 * per_class_accuracy(confusion)
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  bars = ax.bar(range(len(accuracy)), accuracy, color='0.55', edgecolor='black')
+  texts = ax.bar_label(bars, labels=[f'{a:.2f}' for a in accuracy], padding=2, fontsize=9)
+  for text in texts:  # readable where the dashed overall line crosses a label
+    text.set_bbox(dict(facecolor='white', edgecolor='none', pad=1))
+  overall = 100.0 * np.trace(confusion) / max(confusion.sum(), 1)
+  ax.axhline(overall, color='black', linestyle='--', zorder=0, label=f'all digits: {overall:.2f}%')
+  low = float(np.nanmin(accuracy)) if len(accuracy) else 0.0
+  ax.set_ylim(max(0.0, low - 0.25 * (100 - low) - 1), 100.5)
+  ax.set_xticks(range(len(accuracy)))
+  ax.set_xlabel('true digit')
+  ax.set_ylabel('correctly classified (%)')
+  ax.set_title(title)
+  ax.legend(loc='lower right')
+  fig.tight_layout()
+  return save_figure(fig, out)
+
+
+def plot_compare(runs: Sequence, out: str | pathlib.Path) -> pathlib.Path:
+  """Train loss, test loss and test accuracy per epoch of several runs, overlaid."""
+  plt = pyplot()
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+  panels = (('train_loss', 'train loss (log scale)', 1.0), ('test_loss', 'test loss (log scale)', 1.0),
+            ('test_accuracy', 'test accuracy (%)', 100.0))
+  colors = plt.get_cmap('viridis')(np.linspace(0.0, 0.85, max(len(runs), 1)))
+  for ax, (key, label, scale) in zip(axes, panels):
+    for i, run in enumerate(runs):
+      points = [(r['epoch'], r[key] * scale) for r in run.records if key in r]
+      if points:
+        ax.plot(*zip(*points), linestyle=LINE_STYLES[i % len(LINE_STYLES)],
+                marker=MARKERS[i % len(MARKERS)], color=colors[i], label=run.label, markersize=5)
+    if 'loss' in key and all(r.get(key, 1) > 0 for run in runs for r in run.records):
+      ax.set_yscale('log')
+    _epoch_axis(ax)
+    ax.set_ylabel(label)
+    ax.set_title(label.split(' (')[0] + ' per epoch')
+    ax.legend(fontsize=9)
+  fig.suptitle(f'{len(runs)} runs compared')
+  fig.tight_layout()
+  return save_figure(fig, out)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """(true, predicted) counts, int64 (num_classes, num_classes)."""
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion, (np.asarray(labels), np.asarray(predictions)), 1)
+  return confusion
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+  """Recall of each true class (NaN for a class with no examples)."""
+  totals = confusion.sum(axis=1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(totals > 0, np.diag(confusion) / np.maximum(totals, 1), np.nan)
+
+
+def most_confident_mistakes(labels: np.ndarray, probs: np.ndarray, k: int = NUM_MISTAKES) -> np.ndarray:
+  """Indices of the `k` wrong predictions made with the highest probability, most confident first."""
+  predicted = probs.argmax(axis=1)
+  wrong = np.flatnonzero(predicted != labels)
+  confidence = probs[wrong, predicted[wrong]]
+  return wrong[np.argsort(-confidence, kind='stable')[:k]]
+
+
+def markdown_table(header: Sequence[str], rows) -> str:
+  """A GitHub markdown table (report.md, explore.md)."""
+  cells = lambda row: '| ' + ' | '.join(str(x).replace('|', '\\|') for x in row) + ' |'  # noqa: E731
+  lines = [cells(header), '|' + '|'.join(' --- ' for _ in header) + '|']
+  return '\n'.join(lines + [cells(r) for r in rows]) + '\n'
