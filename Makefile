@@ -14,7 +14,7 @@ PYENV_BINS := $(shell for d in $$(pyenv root 2>/dev/null)/versions/3.1[1-3]*/bin
 $(BIN)/mnist-flax: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[serve]' nox
+	$(BIN)/python -m pip install --quiet -e '.[serve,dev]' nox
 	touch $@
 
 setup: $(BIN)/mnist-flax

@@ -19,7 +19,8 @@ COLAB_PINS = '.ci/colab-tpu.txt'
 COLAB_TESTS = [
     'tests/test_data.py', 'tests/test_data_sources.py', 'tests/test_config.py',
     'tests/test_train.py', 'tests/test_resume.py', 'tests/test_predict.py', 'tests/test_cli.py',
-    'tests/test_notebook.py', 'tests/test_optional.py',
+    'tests/test_notebook.py', 'tests/test_optional.py', 'tests/test_fast.py',
+    'tests/test_identical.py',
 ]
 
 
