@@ -37,4 +37,12 @@ class ImageError(MnistFlaxError, ValueError):
   """An input image is missing, unreadable, blank or too large."""
 
 
+class ImageTooLargeError(ImageError):
+  """An image has more pixels than the limit (a decompression bomb, or a photo to resize)."""
+
+
+class NoDigitError(ImageError):
+  """An image decodes but holds no ink that stands out: blank, or far too faint."""
+
+
 USER_ERRORS = (MnistFlaxError, OSError)

@@ -31,7 +31,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from mnist_flax.errors import ImageError
+from mnist_flax.errors import ImageError, ImageTooLargeError, NoDigitError
 
 MNIST_SIZE = 28
 DIGIT_BOX = 20  # MNIST digits fit a 20x20 box inside the 28x28 field
@@ -47,7 +47,7 @@ MIN_INK_CONTRAST = 0.1  # ink must stand out from the background by 10% of the f
 THIN_STROKE = 0.8
 SPECK_FILTER_MIN_SIZE = 56  # above this, isolated noise specks are removed before the bounding box
 
-ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
 
 def describe(source: Any) -> str:
@@ -56,6 +56,8 @@ def describe(source: Any) -> str:
     return str(source)
   if isinstance(source, np.ndarray):
     return f'array{tuple(source.shape)}'
+  if isinstance(source, (bytes, bytearray, memoryview)):
+    return f'{len(source)} bytes'
   if isinstance(source, Image.Image):
     return getattr(source, 'filename', '') or f'PIL image {source.size[0]}x{source.size[1]}'
   return type(source).__name__
@@ -66,9 +68,9 @@ def describe(source: Any) -> str:
 
 def _check_size(width: int, height: int, name: str):
   if width * height > MAX_PIXELS:
-    raise ImageError(f'{name}: image too large: {width}x{height} = {width * height / 1e6:.0f} '
-                     f'megapixels, more than the limit of {MAX_PIXELS / 1e6:.0f} (a decompression '
-                     'bomb?); resize it first')
+    raise ImageTooLargeError(
+        f'{name}: image too large: {width}x{height} = {width * height / 1e6:.0f} megapixels, '
+        f'more than the limit of {MAX_PIXELS / 1e6:.0f} (a decompression bomb?); resize it first')
   if width < 1 or height < 1:
     raise ImageError(f'{name}: image has no pixels ({width}x{height})')
 
@@ -81,11 +83,23 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     raise ImageError(f'{name}: no such file')
   if path.is_dir():
     raise ImageError(f'{name}: is a directory, not an image file')
+  return _decode(path, name)
+
+
+def decode_image(data: bytes, name: str = 'image bytes') -> Image.Image:
+  """Decodes an encoded image held in memory (an upload), with the checks of `open_image`."""
+  import io  # pylint: disable=import-outside-toplevel
+  if not data:
+    raise ImageError(f'{name}: empty (0 bytes), not an image')
+  return _decode(io.BytesIO(bytes(data)), name)
+
+
+def _decode(source, name: str) -> Image.Image:
   try:
     with warnings.catch_warnings():
       # Pillow warns (then errors) above its own pixel limit; we check ours first, below.
       warnings.simplefilter('error', Image.DecompressionBombWarning)
-      image = Image.open(path)
+      image = Image.open(source)
       _check_size(*image.size, name)
       # JPEG only: decode at a reduced scale (1/2 .. 1/8), still at least WORK_SIZE per side.
       image.draft(image.mode, (WORK_SIZE, WORK_SIZE))
@@ -95,8 +109,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
   except UnidentifiedImageError:
     raise ImageError(f'{name}: not an image file (or a format Pillow cannot read)') from None
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise ImageError(f'{name}: image too large: more than the limit of {MAX_PIXELS / 1e6:.0f} '
-                     f'megapixels (a decompression bomb?); Pillow says: {e}') from None
+    raise ImageTooLargeError(f'{name}: image too large: more than the limit of '
+                             f'{MAX_PIXELS / 1e6:.0f} megapixels (a decompression bomb?); '
+                             f'Pillow says: {e}') from None
   except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
     raise ImageError(f'{name}: cannot decode image: {e}') from None
   return image
@@ -178,11 +193,14 @@ def _reduce(grey: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(grey, 'F').resize(new, Image.Resampling.BOX))
 
 
-def load_grey(source: ImageLike) -> np.ndarray:
-  """An image file, array or PIL image -> float32 (H, W) grey levels in [0, 1], long side <= 512."""
-  name = describe(source)
+def load_grey(source: ImageLike, name: str | None = None) -> np.ndarray:
+  """An image file, encoded image bytes, array or PIL image -> float32 (H, W) grey levels in
+  [0, 1], long side <= 512. `name` (default: `describe(source)`) starts every error message."""
+  name = name or describe(source)
   if isinstance(source, (str, os.PathLike)):
     grey = _pil_to_grey(open_image(source))
+  elif isinstance(source, (bytes, bytearray, memoryview)):
+    grey = _pil_to_grey(decode_image(source, name))
   elif isinstance(source, Image.Image):
     _check_size(*source.size, name)
     try:
@@ -192,7 +210,8 @@ def load_grey(source: ImageLike) -> np.ndarray:
   elif isinstance(source, np.ndarray):
     grey = _array_to_grey(source, name)
   else:
-    raise ImageError(f'{name}: expected a file path, a numpy array or a PIL image')
+    raise ImageError(f'{name}: expected a file path, encoded image bytes, a numpy array or a '
+                     'PIL image')
   return _reduce(np.ascontiguousarray(grey, dtype=np.float32), WORK_SIZE)
 
 
@@ -275,7 +294,7 @@ def extract_ink(grey: np.ndarray, name: str = 'image') -> np.ndarray:
   candidates = _sample(candidates) if candidates.size else candidates
   full = float(np.percentile(candidates, 90)) if candidates.size else threshold
   if full - threshold < MIN_INK_CONTRAST:
-    raise ImageError(f'{name}: no digit found (blank image, or ink too faint: contrast '
+    raise NoDigitError(f'{name}: no digit found (blank image, or ink too faint: contrast '
                      f'{max(full - threshold, 0.0):.2f} of the grey range, need '
                      f'{MIN_INK_CONTRAST})')
   return np.clip((residual - threshold) / (full - threshold), 0.0, 1.0)
@@ -386,14 +405,15 @@ def _centre_by_mass(patch: np.ndarray, digit_offset: float, digit_shape: tuple[i
   return _paste(patch, top, left)
 
 
-def preprocess(source: ImageLike) -> np.ndarray:
+def preprocess(source: ImageLike, name: str | None = None) -> np.ndarray:
   """Any digit image -> what the model sees: uint8 (28, 28), white digit on black, MNIST-style.
 
-  `source` is a file path, a numpy array or a PIL image. Raises ImageError (naming the input)
-  for a missing, unreadable, truncated, blank or too large image.
+  `source` is a file path, encoded image bytes (an upload), a numpy array or a PIL image.
+  Raises ImageError (naming the input, or `name` when given) for a missing, unreadable,
+  truncated, blank or too large image.
   """
-  name = describe(source)
-  ink = extract_ink(load_grey(source), name)
+  name = name or describe(source)
+  ink = extract_ink(load_grey(source, name), name)
   box = _bounding_box(ink)
   r0, r1, c0, c1 = box
   crop, margin = _crop_with_margin(ink, box)
@@ -402,7 +422,7 @@ def preprocess(source: ImageLike) -> np.ndarray:
   if patch is not crop and stroke_width(crop > 0.5) * scale < THIN_STROKE:
     patch = _thicken(patch)
   if patch.sum() <= 0:
-    raise ImageError(f'{name}: no digit found (the ink vanished when scaled to 20x20)')
+    raise NoDigitError(f'{name}: no digit found (the ink vanished when scaled to 20x20)')
   unscaled = ink.shape == (MNIST_SIZE, MNIST_SIZE) and patch is crop
   position = (int(r0) - margin, int(c0) - margin) if unscaled else None
   digit_shape = (min(DIGIT_BOX, round((r1 - r0) * scale)), min(DIGIT_BOX, round((c1 - c0) * scale)))
