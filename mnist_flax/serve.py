@@ -85,8 +85,9 @@ class ImageIn(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra='forbid')
   base64: Optional[str] = pydantic.Field(
       None, description='an encoded image file (PNG, JPEG, ...), base64; a data: URL also works')
-  pixels: Optional[list[list[float]]] = pydantic.Field(
-      None, description='28 rows of 28 grey levels, 0-255 (or 0-1), either polarity')
+  pixels: Optional[list] = pydantic.Field(  # checked by _pixels_array, with a clearer message
+      None, description='28 rows of 28 grey levels, 0-255 (or 0-1), either polarity',
+      json_schema_extra={'items': {'type': 'array', 'items': {'type': 'number'}}})
   name: Optional[str] = pydantic.Field(None, description="echoed back as the result's `file`")
 
 
@@ -191,10 +192,15 @@ def _b64_bytes(text: str, name: str) -> bytes:
 
 
 def _pixels_array(rows: list, name: str) -> np.ndarray:
-  shape = (len(rows), sorted({len(r) for r in rows}))
-  if len(rows) != prep.MNIST_SIZE or shape[1] != [prep.MNIST_SIZE]:
-    raise ApiError(422, 'bad_shape', f'{name}: "pixels" must be 28 rows of 28 numbers; got '
-                                     f'{shape[0]} rows of {shape[1]} numbers')
+  """28 rows of 28 numbers -> float32 (28, 28); anything else is a 422 saying what it got."""
+  wanted = f'{name}: "pixels" must be 28 rows of 28 numbers'
+  if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+    raise ApiError(422, 'bad_shape', f'{wanted}; got a list that is not a list of rows')
+  lengths = sorted({len(r) for r in rows})
+  if len(rows) != prep.MNIST_SIZE or lengths != [prep.MNIST_SIZE]:
+    raise ApiError(422, 'bad_shape', f'{wanted}; got {len(rows)} rows of {lengths} values')
+  if not all(type(v) in (int, float) for r in rows for v in r):  # (bool is not a grey level)
+    raise ApiError(422, 'bad_shape', f'{wanted}; got values that are not numbers')
   array = np.asarray(rows, np.float32)
   if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
     raise ApiError(422, 'bad_pixels', f'{name}: "pixels" must be finite grey levels from 0 to '
