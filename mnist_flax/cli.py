@@ -156,12 +156,15 @@ SERVE_EXTRA_HINT = ("mnist-flax serve needs the 'serve' extra ({missing} is not 
 
 def cmd_serve(args, overrides):
   """Serves the page and the API until SIGTERM or Ctrl-C; SIGTERM drains requests in flight."""
-  try:
-    import fastapi, uvicorn, multipart  # noqa: F401  pylint: disable=import-outside-toplevel,multiple-imports,unused-import
-  except ImportError as e:
-    print(f'mnist-flax serve: error: {SERVE_EXTRA_HINT.format(missing=e.name)}', file=sys.stderr)
-    return EXIT_FAILURE
+  import importlib  # pylint: disable=import-outside-toplevel
+  for module in ('fastapi', 'uvicorn', 'multipart'):  # python-multipart: FastAPI's form parser
+    try:
+      importlib.import_module(module)
+    except ImportError:
+      print(f'mnist-flax serve: error: {SERVE_EXTRA_HINT.format(missing=module)}', file=sys.stderr)
+      return EXIT_FAILURE
   import signal  # pylint: disable=import-outside-toplevel
+  import uvicorn  # pylint: disable=import-outside-toplevel
   from mnist_flax import batching, ensemble, predict, serve  # pylint: disable=import-outside-toplevel
   predict.enable_compilation_cache()
   classifier = ensemble.load_ensemble(args.workdir or [None], tta=args.tta,

@@ -30,9 +30,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import io
-import json
 import logging
-import math
 import os
 import time
 from typing import Optional

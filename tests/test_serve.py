@@ -5,13 +5,9 @@ by SIGTERM. The page in a real browser: tests/test_browser.py."""
 import base64
 import concurrent.futures
 import io
-import json
-import os
 import pathlib
 import signal
-import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +22,7 @@ pytest.importorskip('multipart', reason="the 'serve' extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mnist_flax import data, ensemble, predict, serve  # noqa: E402
+from serve_helpers import start_server  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))
@@ -361,34 +358,6 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------------------- a live server
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def start_server(*args, env=None):
-  """`mnist-flax serve` in a subprocess on a free port of 127.0.0.1; returns (process, url)."""
-  port = _free_port()
-  command = [sys.executable, '-m', 'mnist_flax.cli', 'serve', '--port', str(port), *args]
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=dict(os.environ, **(env or {})))
-  url = f'http://127.0.0.1:{port}'
-  import httpx  # pylint: disable=import-outside-toplevel
-  deadline = time.time() + 180
-  while time.time() < deadline:
-    if process.poll() is not None:
-      raise AssertionError(f'server exited: {process.stdout.read()}')
-    try:
-      if httpx.get(url + '/healthz', timeout=2).status_code == 200:
-        return process, url
-    except httpx.HTTPError:
-      pass
-    time.sleep(0.2)
-  process.kill()
-  raise AssertionError('server never became healthy')
 
 
 @pytest.mark.slow
