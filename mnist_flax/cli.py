@@ -150,8 +150,8 @@ def cmd_export(args, overrides):
   return 0
 
 
-SERVE_EXTRA_HINT = ("mnist-flax serve needs the 'serve' extra ({missing} is not installed): "
-                    "pip install 'mnist_flax[serve]'")
+SERVE_EXTRA_HINT = ('mnist-flax serve needs the serve extra ({missing} is not installed): '
+                    'pip install "mnist_flax[serve]"')
 
 
 def cmd_serve(args, overrides):
@@ -178,6 +178,7 @@ def cmd_serve(args, overrides):
   handler.setFormatter(logging.Formatter('%(levelname)s:     %(message)s'))  # as uvicorn's
   serve.log.addHandler(handler)
   serve.log.setLevel(logging.INFO)
+  serve.log.propagate = False  # (absl may have given the root logger a handler too)
   config = uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log,
                           timeout_graceful_shutdown=args.drain_seconds, log_level='info')
   terminated = []

@@ -35,7 +35,7 @@ from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from serve_helpers import start_server  # noqa: E402
+from serve_helpers import LiveServer  # noqa: E402
 
 # Strokes in the pad's own units (0..1 of its width and height), as a person draws them.
 DIGITS = {
@@ -49,10 +49,9 @@ DIGITS = {
 
 @pytest.fixture(scope='module')
 def server():
-  process, url = start_server()
-  yield url
-  process.terminate()
-  process.communicate(timeout=60)
+  live = LiveServer()
+  yield live.url
+  live.stop()
 
 
 @pytest.fixture(scope='module')

@@ -22,7 +22,7 @@ pytest.importorskip('multipart', reason="the 'serve' extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mnist_flax import data, ensemble, predict, serve  # noqa: E402
-from serve_helpers import start_server  # noqa: E402
+from serve_helpers import LiveServer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))
@@ -354,7 +354,7 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, 'fastapi', None)  # import fails as if not installed
   assert cli.main(['serve']) == 1
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "pip install 'mnist_flax[serve]'" in err[0] and 'fastapi' in err[0]
+  assert len(err) == 1 and 'pip install "mnist_flax[serve]"' in err[0] and 'fastapi' in err[0]
 
 
 # ---------------------------------------------------------------------------- a live server
@@ -363,26 +363,33 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
 @pytest.mark.slow
 def test_live_server_logs_access_and_drains_on_sigterm():
   import httpx  # pylint: disable=import-outside-toplevel
-  process, url = start_server('--max-wait-ms', '400')  # requests sit in the batcher a while
+  # A batch waits up to 3 s for more requests: the six below are surely in flight at SIGTERM.
+  server = LiveServer('--max-wait-ms', '3000', '--max-batch', '8')
   try:
-    assert httpx.get(url + '/').status_code == 200
+    assert httpx.get(server.url + '/').status_code == 200, server.output()
 
     def post(_):
-      return httpx.post(url + '/v1/predict', content=PHOTO.read_bytes(),
-                        headers={'content-type': 'image/jpeg'}, timeout=30)
+      response = httpx.post(server.url + '/v1/predict', content=PHOTO.read_bytes(),
+                            headers={'content-type': 'image/jpeg'}, timeout=60)
+      return response, time.time()
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
       futures = [pool.submit(post, i) for i in range(6)]
-      time.sleep(0.25)  # in flight: gathered, waiting for the batch to fill
-      process.send_signal(signal.SIGTERM)
-      responses = [f.result() for f in futures]
-    output, _ = process.communicate(timeout=60)
+      deadline = time.time() + 60
+      while (httpx.get(server.url + '/v1/model').json()['batching']['stats']['requests'] < 6
+             and time.time() < deadline):
+        time.sleep(0.05)
+      signalled = time.time()
+      code = server.stop(signal.SIGTERM)
+      results = [f.result() for f in futures]
   finally:
-    if process.poll() is None:
-      process.kill()
+    server.stop(signal.SIGKILL)
+  responses = [r for r, _ in results]
+  assert all(t > signalled for _, t in results)  # answered after the signal: drained
+  output = server.output()
   assert [r.status_code for r in responses] == [200] * 6, output
   assert all(r.json()['predictions'][0]['label'] == 2 for r in responses)
-  assert process.returncode == 0, output
+  assert code == 0, output
   assert 'Uvicorn running on http://127.0.0.1:' in output  # the default bind: this machine only
   assert output.count('"POST /v1/predict HTTP/1.1" 200') == 6  # access log, the usual format
-  assert '"GET / HTTP/1.1" 200' in output and 'stopped by SIGTERM' in output
+  assert '"GET / HTTP/1.1" 200' in output and '"GET /v1/model HTTP/1.1" 200' in output and 'stopped by SIGTERM' in output
   assert 'Traceback' not in output
