@@ -82,8 +82,9 @@ def _catmull_rom(points: np.ndarray, per_segment: int = 12) -> np.ndarray:
   return np.concatenate(out + [points[-1:]])
 
 
-def draw_strokes(digit: int, rng: np.random.Generator, size: int = 200) -> np.ndarray:
-  """One random pen drawing of `digit`: ink (size, size), white on black, anti-aliased."""
+def stroke_paths(digit: int, rng: np.random.Generator) -> tuple[list[np.ndarray], float]:
+  """One random way of writing `digit`: its strokes as (N, 2) points in a unit box (the
+  drawing's long side spans 0.1-0.9, centred), and a pen width relative to the box."""
   template = TEMPLATES[digit][rng.integers(len(TEMPLATES[digit]))]
   angle = np.deg2rad(rng.uniform(-12, 12))
   shear, squeeze = rng.uniform(-0.3, 0.15), rng.uniform(0.65, 1.15)
@@ -98,12 +99,18 @@ def draw_strokes(digit: int, rng: np.random.Generator, size: int = 200) -> np.nd
   lo, hi = allpoints.min(0), allpoints.max(0)
   scale = 0.8 / max(hi - lo)  # the drawing's long side: 80% of the box
   width = rng.uniform(0.05, 0.15) * 0.8  # pen width, relative to the box
+  return [(line - (lo + hi) / 2) * scale + 0.5 for line in lines], width
+
+
+def draw_strokes(digit: int, rng: np.random.Generator, size: int = 200) -> np.ndarray:
+  """One random pen drawing of `digit`: ink (size, size), white on black, anti-aliased."""
+  lines, width = stroke_paths(digit, rng)
   big = 4 * size  # drawn 4x larger, then reduced: anti-aliased edges
   canvas = Image.new('L', (big, big), 0)
   pen = ImageDraw.Draw(canvas)
   radius = width * big / 2
   for line in lines:
-    xy = ((line - (lo + hi) / 2) * scale + 0.5) * big
+    xy = line * big
     pen.line([tuple(q) for q in xy], fill=255, width=max(1, int(2 * radius)), joint='curve')
     for x, y in xy[[0, -1]]:  # round caps
       pen.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)

@@ -91,13 +91,13 @@ def label_of(driver) -> str:
   return driver.find_element(By.ID, 'label').get_attribute('data-label')
 
 
-def wait_for_label(driver, digit, timeout=10) -> str:
-  """The label the page settles on: `digit`, or whatever it shows after `timeout` seconds
-  (answers to the partial drawing come first, the final one after the last stroke)."""
-  try:
-    WebDriverWait(driver, timeout).until(lambda d: label_of(d) == str(digit))
-  except Exception:  # pylint: disable=broad-except  (a timeout: report what it shows)
-    pass
+def settled_label(driver, timeout=15) -> str:
+  """The label once the page's last request (sent on the last pointerup) is answered."""
+  time.sleep(0.3)  # canvas.toBlob, then the request, after the last pointerup
+  body = driver.find_element(By.TAG_NAME, 'body')
+  WebDriverWait(driver, timeout).until(
+      lambda d: body.get_attribute('data-sent') and
+      body.get_attribute('data-shown') == body.get_attribute('data-sent'))
   return label_of(driver)
 
 
@@ -106,7 +106,7 @@ def test_drawn_digit_is_recognised_on_the_page(server, browser, digit):
   browser.get(server + '/')
   pad = browser.find_element(By.ID, 'pad')
   draw(browser, pad, DIGITS[digit])
-  label = wait_for_label(browser, digit)
+  label = settled_label(browser)
   if label != str(digit) and os.environ.get('MNIST_FLAX_SCREENSHOT'):
     browser.save_screenshot(os.environ['MNIST_FLAX_SCREENSHOT'] + f'.{digit}.png')
   assert label == str(digit), browser.find_element(By.ID, 'status').text
@@ -121,7 +121,7 @@ def test_clear_and_screenshot_not_blank(server, browser):
   browser.get(server + '/')
   pad = browser.find_element(By.ID, 'pad')
   draw(browser, pad, DIGITS[7])
-  assert wait_for_label(browser, 7) == '7'
+  assert settled_label(browser) == '7'
   time.sleep(0.3)
   png = browser.get_screenshot_as_png()
   if os.environ.get('MNIST_FLAX_SCREENSHOT'):
