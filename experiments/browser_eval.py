@@ -60,12 +60,11 @@ def draw(driver, pad, lines, rng):
 
 
 def settled_label(driver, timeout=15) -> str:
+  """The label once nothing drawn waits for an answer (the page's data-idle)."""
   from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
   from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=import-outside-toplevel
-  time.sleep(0.3)
   body = driver.find_element(By.TAG_NAME, 'body')
-  WebDriverWait(driver, timeout).until(
-      lambda d: body.get_attribute('data-sent') == body.get_attribute('data-shown'))
+  WebDriverWait(driver, timeout).until(lambda d: body.get_attribute('data-idle') == '1')
   return driver.find_element(By.ID, 'label').get_attribute('data-label')
 
 

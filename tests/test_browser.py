@@ -92,13 +92,10 @@ def label_of(driver) -> str:
 
 
 def settled_label(driver, timeout=15) -> str:
-  """The label once the page's last request (sent on the last pointerup) is answered."""
-  time.sleep(0.3)  # canvas.toBlob, then the request, after the last pointerup
+  """The label once nothing drawn waits for an answer (the page's data-idle)."""
   body = driver.find_element(By.TAG_NAME, 'body')
-  WebDriverWait(driver, timeout).until(
-      lambda d: body.get_attribute('data-sent') and
-      body.get_attribute('data-shown') == body.get_attribute('data-sent'))
-  return label_of(driver)
+  WebDriverWait(driver, timeout).until(lambda d: body.get_attribute('data-idle') == '1')
+  return driver.find_element(By.ID, 'label').get_attribute('data-label')
 
 
 @pytest.mark.parametrize('digit', sorted(DIGITS))
