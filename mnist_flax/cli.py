@@ -7,6 +7,7 @@
     mnist-flax predict [--workdir DIR ...] [--checkpoint C] [--tta T] [--top-k K] [--json]
                        [--show OUT.png] FILE...
     mnist-flax export --workdir RUN --out DIR
+    mnist-flax serve [--workdir DIR ...] [--checkpoint C] [--tta T] [--host H] [--port P]
 
 Every expected failure (bad config, data, checkpoint, image) is one line on stderr and a
 non-zero exit code, never a traceback. Heavy imports (JAX, TFDS) happen inside the commands, so
@@ -122,7 +123,8 @@ def cmd_predict(args, overrides):
       errors[path] = str(e)
   found = {p.source: p for p in classifier.predictions(images, good, args.top_k)} if good else {}
   if args.json:
-    print(json.dumps([found[f].to_dict() if f in found else {'file': f, 'error': errors[f]}
+    print(json.dumps([found[f].to_dict(classifier.name) if f in found
+                      else {'file': f, 'error': errors[f]}
                       for f in args.files], indent=1))
   for path in args.files:
     if path in errors:
@@ -146,6 +148,60 @@ def cmd_export(args, overrides):
         f'test accuracy through predict: {summary["export"]["predict_test_accuracy"]:.4f} '
         f'(run summary: {summary.get("test_accuracy", float("nan")):.4f})')
   return 0
+
+
+SERVE_EXTRA_HINT = ('mnist-flax serve needs the serve extra ({missing} is not installed): '
+                    'pip install "mnist_flax[serve]"')
+
+
+def cmd_serve(args, overrides):
+  """Serves the page and the API until SIGTERM or Ctrl-C; SIGTERM drains requests in flight."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  for module in ('fastapi', 'uvicorn', 'multipart'):  # python-multipart: FastAPI's form parser
+    try:
+      importlib.import_module(module)
+    except ImportError:
+      print(f'mnist-flax serve: error: {SERVE_EXTRA_HINT.format(missing=module)}', file=sys.stderr)
+      return EXIT_FAILURE
+  import signal  # pylint: disable=import-outside-toplevel
+  import uvicorn  # pylint: disable=import-outside-toplevel
+  from mnist_flax import batching, ensemble, predict, serve  # pylint: disable=import-outside-toplevel
+  predict.enable_compilation_cache()
+  classifier = ensemble.load_ensemble(args.workdir or [None], tta=args.tta,
+                                      checkpoint=args.checkpoint)
+  sizes = tuple(s for s in batching.DEFAULT_BATCH_SIZES if s < args.max_batch) + (args.max_batch,)
+  settings = serve.Settings(max_body_bytes=int(args.max_body_mb * 2 ** 20),
+                            max_images=min(args.max_images, args.max_batch), batch_sizes=sizes,
+                            max_wait_ms=args.max_wait_ms, batching=not args.no_batching)
+  app = serve.create_app(classifier, settings)
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter('%(levelname)s:     %(message)s'))  # as uvicorn's
+  serve.log.addHandler(handler)
+  serve.log.setLevel(logging.INFO)
+  serve.log.propagate = False  # (absl may have given the root logger a handler too)
+  config = uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log,
+                          timeout_graceful_shutdown=args.drain_seconds, log_level='info')
+  terminated = []
+  # uvicorn re-raises the signal it stopped on once it has drained; this handler takes that
+  # (a plain exit code 0 after a clean SIGTERM drain, not death by signal).
+  signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+  print(f'mnist-flax serve: model {classifier.name}; warming up, then serving on '
+        f'http://{args.host}:{args.port}/ (API docs: /docs)', file=sys.stderr)
+  uvicorn.Server(config).run()
+  if terminated:
+    print('mnist-flax serve: stopped by SIGTERM after draining the requests in flight',
+          file=sys.stderr)
+  return 0
+
+
+def _batch(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1 or value > 1024 or value & (value - 1):
+    raise argparse.ArgumentTypeError(f'{text!r}: expected a power of two from 1 to 1024')
+  return value
 
 
 def _top_k(text: str) -> int:
@@ -219,6 +275,30 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--show', metavar='OUT.png',
                  help='save each input beside the 28x28 the model saw and its probabilities')
   p.set_defaults(func=cmd_predict)
+
+  p = sub.add_parser('serve', help='a page to draw digits on and a JSON API (POST /v1/predict), '
+                                   "batched; needs the 'serve' extra")
+  p.add_argument('--workdir', action='append',
+                 help='run directory or exported model (default: checkpoints/pretrained); repeat '
+                      'it for an ensemble; DIR@best or DIR@STEP picks a step')
+  p.add_argument('--checkpoint', default='latest',
+                 help="a run directory's step: latest (default), best (by validation) or a number")
+  p.add_argument('--tta', default='none', help='test-time augmentation: none, shift or shift_rotate')
+  p.add_argument('--host', default='127.0.0.1',
+                 help='address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for all)')
+  p.add_argument('--port', type=int, default=8000, help='port (default 8000)')
+  p.add_argument('--max-batch', type=_batch, default=64,
+                 help='most images per predict call, a power of two (default 64)')
+  p.add_argument('--max-wait-ms', type=float, default=3.0,
+                 help='how long the first request of a batch waits for others (default 3 ms)')
+  p.add_argument('--no-batching', action='store_true', help='one predict call per request')
+  p.add_argument('--max-images', type=int, default=16, help='images per request (default 16)')
+  p.add_argument('--max-body-mb', type=float, default=10.0, help='request body limit (default 10 MiB)')
+  p.add_argument('--drain-seconds', type=float, default=10.0,
+                 help='on SIGTERM, how long requests in flight may take to finish (default 10)')
+  p.add_argument('--access-log', action=argparse.BooleanOptionalAction, default=True,
+                 help='log every request (default: on)')
+  p.set_defaults(func=cmd_serve)
 
   p = sub.add_parser('export', help="write a run's inference-only model (small; what ships in "
                                     'checkpoints/pretrained)')

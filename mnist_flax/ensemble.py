@@ -73,6 +73,12 @@ class EnsembleClassifier(predict_lib.ClassifierBase):
   tta: str = 'none'
   names: list = dataclasses.field(default_factory=list)
 
+  @property
+  def name(self) -> str:
+    """The model's name in `predict --json` and the API: its member(s), and the TTA if any."""
+    tta = f' (tta {self.tta})' if self.tta != 'none' else ''
+    return ' + '.join(self.names or ['?']) + tta
+
   def member_probabilities(self, images) -> list[np.ndarray]:
     views = tta_views(self.tta)
     return [view_probabilities(member, images, views) for member in self.members]

@@ -52,4 +52,12 @@ def require(module: str, extra: str, feature: str):
                             f'pip install "mnist_flax[{extra}]"') from None
 
 
+class ImageTooLargeError(ImageError):
+  """An image has more pixels than the limit (a decompression bomb, or a photo to resize)."""
+
+
+class NoDigitError(ImageError):
+  """An image decodes but holds no ink that stands out: blank, or far too faint."""
+
+
 USER_ERRORS = (MnistFlaxError, OSError)

@@ -191,14 +191,31 @@ class Prediction:
   probabilities: np.ndarray
   image: np.ndarray
 
-  def to_dict(self) -> dict:
-    return {'file': self.source, 'label': self.label, 'probability': self.probability,
-            'top_k': [{'label': k, 'probability': p} for k, p in self.top_k]}
+  def to_dict(self, model: Optional[str] = None) -> dict:
+    """What `predict --json` prints and `POST /v1/predict` returns per image (same keys)."""
+    out = {'file': self.source, 'label': self.label, 'probability': self.probability,
+           'top_k': [{'label': k, 'probability': p} for k, p in self.top_k]}
+    if model is not None:
+      out['model'] = model
+    return out
 
 
 def _bucket(n: int) -> int:
   """Batch sizes are padded to powers of two, so a few compiled shapes serve every call."""
   return min(MAX_BATCH, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def rank(probs: np.ndarray, images: np.ndarray, sources: Sequence[str],
+         top_k: int = 3) -> list[Prediction]:
+  """(N, 10) probabilities of (N, 28, 28) images -> one Prediction each (ties: lower label)."""
+  results = []
+  for source, image, p in zip(sources, images, probs):
+    order = np.argsort(-p, kind='stable')[:top_k]
+    results.append(Prediction(
+        source=source, label=int(order[0]), probability=float(p[order[0]]),
+        top_k=tuple((int(k), float(p[k])) for k in order), probabilities=p,
+        image=np.asarray(image).reshape(MNIST.image_shape[:2])))
+  return results
 
 
 class ClassifierBase:
@@ -211,15 +228,7 @@ class ClassifierBase:
   def predictions(self, images: np.ndarray, sources: Sequence[str], top_k: int = 3) -> list[Prediction]:
     """Predictions for already preprocessed images (uint8 (N, 28, 28))."""
     images = np.asarray(images)
-    probs = self.probabilities(images)
-    results = []
-    for source, image, p in zip(sources, images, probs):
-      order = np.argsort(-p, kind='stable')[:top_k]
-      results.append(Prediction(
-          source=source, label=int(order[0]), probability=float(p[order[0]]),
-          top_k=tuple((int(k), float(p[k])) for k in order), probabilities=p,
-          image=np.asarray(image).reshape(MNIST.image_shape[:2])))
-    return results
+    return rank(self.probabilities(images), images, sources, top_k)
 
   def classify(self, inputs: Iterable[Any], top_k: int = 3) -> list[Prediction]:
     """File paths, numpy arrays or PIL images -> one Prediction each (ImageError on a bad one)."""

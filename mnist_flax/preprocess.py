@@ -32,7 +32,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from mnist_flax.errors import ImageError
+from mnist_flax.errors import ImageError, ImageTooLargeError, NoDigitError
 
 MNIST_SIZE = 28
 DIGIT_BOX = 20  # MNIST digits fit a 20x20 box inside the 28x28 field
@@ -41,14 +41,22 @@ MNIST_CENTRE = 14.0  # centre of mass of MNIST test digits, in pixel indices (me
 # decodes to gigabytes); a 48-megapixel phone photo still passes.
 MAX_PIXELS = 50_000_000
 WORK_SIZE = 512  # larger images are reduced to this long side first: plenty for one digit
+# A digit spanning less than ZOOM_FRACTION of the reduced image (small in a large frame) is
+# looked at again in a crop of the image reduced only to ZOOM_SIZE: its strokes keep their pixels.
+ZOOM_SIZE, ZOOM_FRACTION = 2048, 0.25
 FIT_SIZE = 64  # the background surface is fitted on an image reduced to at most this size
-MIN_INK_CONTRAST = 0.1  # ink must stand out from the background by 10% of the full grey range
+MIN_INK_CONTRAST = 0.1  # ink must stand out from the background by 10% of the full grey range,
+MIN_FAINT_CONTRAST = 0.03  # or by 3% and 3 noise levels (a faint digit in a noisy frame)
+MIN_INK_PIXELS = 6  # fewer coherent ink pixels than this: no digit
+NOISE_SIGMAS = 5.0  # the smoothed image's ink stands this many of its noise levels above paper
 # Strokes thinner than this at the 20x20 scale (pixels) are thickened. MNIST's own: median 1.8,
 # 99.9% above 0.85 (by the same 2 x area / perimeter estimate), so MNIST-like inputs are untouched.
 THIN_STROKE = 0.8
 SPECK_FILTER_MIN_SIZE = 56  # above this, isolated noise specks are removed before the bounding box
 
-ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+DRAFTED = 'mnist_flax_drafted'  # set in a decoded image's info: decoded at a reduced size
+
+ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
 
 def describe(source: Any) -> str:
@@ -57,6 +65,8 @@ def describe(source: Any) -> str:
     return str(source)
   if isinstance(source, np.ndarray):
     return f'array{tuple(source.shape)}'
+  if isinstance(source, (bytes, bytearray, memoryview)):
+    return f'{len(source)} bytes'
   if isinstance(source, Image.Image):
     return getattr(source, 'filename', '') or f'PIL image {source.size[0]}x{source.size[1]}'
   return type(source).__name__
@@ -67,14 +77,14 @@ def describe(source: Any) -> str:
 
 def _check_size(width: int, height: int, name: str):
   if width * height > MAX_PIXELS:
-    raise ImageError(f'{name}: image too large: {width}x{height} = {width * height / 1e6:.0f} '
-                     f'megapixels, more than the limit of {MAX_PIXELS / 1e6:.0f} (a decompression '
-                     'bomb?); resize it first')
+    raise ImageTooLargeError(
+        f'{name}: image too large: {width}x{height} = {width * height / 1e6:.0f} megapixels, '
+        f'more than the limit of {MAX_PIXELS / 1e6:.0f} (a decompression bomb?); resize it first')
   if width < 1 or height < 1:
     raise ImageError(f'{name}: image has no pixels ({width}x{height})')
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path: str | os.PathLike, size: int = WORK_SIZE) -> Image.Image:
   """Opens and fully decodes an image file, with one ImageError for every way that can fail."""
   name = str(path)
   path = pathlib.Path(path)
@@ -82,22 +92,37 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     raise ImageError(f'{name}: no such file')
   if path.is_dir():
     raise ImageError(f'{name}: is a directory, not an image file')
+  return _decode(path, name, size)
+
+
+def decode_image(data: bytes, name: str = 'image bytes', size: int = WORK_SIZE) -> Image.Image:
+  """Decodes an encoded image held in memory (an upload), with the checks of `open_image`."""
+  import io  # pylint: disable=import-outside-toplevel
+  if not data:
+    raise ImageError(f'{name}: empty (0 bytes), not an image')
+  return _decode(io.BytesIO(bytes(data)), name, size)
+
+
+def _decode(source, name: str, size: int) -> Image.Image:
   try:
     with warnings.catch_warnings():
       # Pillow warns (then errors) above its own pixel limit; we check ours first, below.
       warnings.simplefilter('error', Image.DecompressionBombWarning)
-      image = Image.open(path)
+      image = Image.open(source)
       _check_size(*image.size, name)
-      # JPEG only: decode at a reduced scale (1/2 .. 1/8), still at least WORK_SIZE per side.
-      image.draft(image.mode, (WORK_SIZE, WORK_SIZE))
+      # JPEG only: decode at a reduced scale (1/2 .. 1/8), still at least `size` per side.
+      original = image.size
+      image.draft(image.mode, (size, size))
       image.load()
+      image.info[DRAFTED] = image.size != original
   except ImageError:
     raise
   except UnidentifiedImageError:
     raise ImageError(f'{name}: not an image file (or a format Pillow cannot read)') from None
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise ImageError(f'{name}: image too large: more than the limit of {MAX_PIXELS / 1e6:.0f} '
-                     f'megapixels (a decompression bomb?); Pillow says: {e}') from None
+    raise ImageTooLargeError(f'{name}: image too large: more than the limit of '
+                             f'{MAX_PIXELS / 1e6:.0f} megapixels (a decompression bomb?); '
+                             f'Pillow says: {e}') from None
   except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
     raise ImageError(f'{name}: cannot decode image: {e}') from None
   return image
@@ -133,7 +158,7 @@ def _pil_to_grey(image: Image.Image) -> np.ndarray:
     return np.clip(values / top, 0.0, 1.0)
   has_alpha = mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (
       mode == 'P' and 'transparency' in image.info)
-  if has_alpha:
+  if has_alpha and not (mode == 'RGBA' and image.getchannel('A').getextrema()[0] == 255):
     rgba = np.asarray(image.convert('RGBA'), dtype=np.float32) / 255.0
     return _composite_alpha(_luminance(rgba), rgba[..., 3])
   return np.asarray(image.convert('L'), dtype=np.float32) / 255.0
@@ -179,11 +204,21 @@ def _reduce(grey: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(grey, 'F').resize(new, Image.Resampling.BOX))
 
 
-def load_grey(source: ImageLike) -> np.ndarray:
-  """An image file, array or PIL image -> float32 (H, W) grey levels in [0, 1], long side <= 512."""
-  name = describe(source)
-  if isinstance(source, (str, os.PathLike)):
-    grey = _pil_to_grey(open_image(source))
+def load_grey(source: ImageLike, name: str | None = None, size: int = WORK_SIZE) -> np.ndarray:
+  """An image file, encoded image bytes, array or PIL image -> float32 (H, W) grey levels in
+  [0, 1], long side <= `size`. `name` (default: `describe(source)`) starts every error message."""
+  return _reduce(_decoded_grey(source, name or describe(source), size)[0], size)
+
+
+def _decoded_grey(source: ImageLike, name: str, size: int) -> tuple[np.ndarray, bool]:
+  """(grey levels as decoded, not yet reduced; whether decoding already reduced them, as JPEG's
+  draft mode does: then more detail needs another decode)."""
+  drafted = False
+  if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+    image = (open_image(source, size) if isinstance(source, (str, os.PathLike))
+             else decode_image(source, name, size))
+    drafted = bool(image.info.get(DRAFTED))
+    grey = _pil_to_grey(image)
   elif isinstance(source, Image.Image):
     _check_size(*source.size, name)
     try:
@@ -193,8 +228,9 @@ def load_grey(source: ImageLike) -> np.ndarray:
   elif isinstance(source, np.ndarray):
     grey = _array_to_grey(source, name)
   else:
-    raise ImageError(f'{name}: expected a file path, a numpy array or a PIL image')
-  return _reduce(np.ascontiguousarray(grey, dtype=np.float32), WORK_SIZE)
+    raise ImageError(f'{name}: expected a file path, encoded image bytes, a numpy array or a '
+                     'PIL image')
+  return np.ascontiguousarray(grey, dtype=np.float32), drafted
 
 
 # ---------------------------------------------------------------------------- ink extraction
@@ -206,13 +242,34 @@ def _border(grey: np.ndarray) -> np.ndarray:
                          grey[:, -b:].ravel()])
 
 
+def _box3(values: np.ndarray) -> np.ndarray:
+  """3x3 mean (edges repeated): pixel noise drops threefold, a stroke keeps most of its level."""
+  padded = np.pad(values, 1, mode='edge')
+  h, w = values.shape
+  return sum(padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)) / 9.0
+
+
+def _tail(values: np.ndarray, k: int, top: bool) -> float:
+  flat = values.ravel()
+  k = min(k, flat.size - 1)
+  return float(np.partition(flat, -k - 1)[-k - 1] if top else np.partition(flat, k)[k])
+
+
 def ink_is_dark(grey: np.ndarray) -> bool:
-  """True when the ink is darker than the paper: dark values deviate more from the border."""
-  paper = float(np.median(_sample(_border(grey))))
-  low, high = np.percentile(_sample(grey), [0.5, 99.5])
-  if np.isclose(paper - low, high - paper):
-    return paper > 0.5
-  return paper - low > high - paper
+  """True when the ink is darker than the paper.
+
+  Decided on the image smoothed (noise averaged out) and flattened (a quadratic lighting surface
+  fitted to both tails' middle removed): the ink is the side whose extreme pixels deviate more.
+  The extremes are the 10th brightest and darkest pixels, not percentiles: a small digit in a
+  large frame is far under 1% of the pixels, and percentiles would only see the noise.
+  """
+  flat = _box3(grey - background(grey, two_sided=True))
+  level = float(np.median(_sample(flat)))
+  light = _tail(flat, 10, top=True) - level
+  dark = level - _tail(flat, 10, top=False)
+  if np.isclose(light, dark):
+    return float(np.median(_sample(_border(grey)))) > 0.5
+  return dark > light
 
 
 def _quadratic_terms(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,11 +287,12 @@ def _surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
   return column + row + np.outer(c[5] * y, x)
 
 
-def background(grey: np.ndarray) -> np.ndarray:
+def background(grey: np.ndarray, two_sided: bool = False) -> np.ndarray:
   """The paper's brightness under uneven lighting: a quadratic surface fitted to non-ink pixels.
 
   Fitted on an area-reduced copy, with three rounds that drop the pixels standing above the
-  current fit (the ink, white-on-black at this point), so the strokes do not lift the surface.
+  current fit (the ink, white-on-black at this point), so the strokes do not lift the surface;
+  `two_sided` drops those standing out on either side (ink of unknown polarity).
   """
   small = _reduce(grey, FIT_SIZE)
   h, w = small.shape
@@ -242,7 +300,8 @@ def background(grey: np.ndarray) -> np.ndarray:
   yy, xx = np.meshgrid(y, x, indexing='ij')
   design = np.stack([np.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx], -1).reshape(-1, 6)
   values = small.ravel()
-  keep = values <= np.percentile(values, 60)
+  low, high = np.percentile(values, [20, 80] if two_sided else [0, 60])
+  keep = (values >= low) & (values <= high)
   coef = np.zeros(6, np.float32)
   for _ in range(3):
     if keep.sum() < 12:
@@ -252,7 +311,7 @@ def background(grey: np.ndarray) -> np.ndarray:
     coef = np.linalg.solve(kept.T @ kept + 1e-4 * np.eye(6), kept.T @ values[keep])
     residual = values - design @ coef
     spread = 1.4826 * np.median(np.abs(residual[keep])) + 1e-3
-    keep = residual < 2.5 * spread
+    keep = (np.abs(residual) if two_sided else residual) < 2.5 * spread
   return _surface(coef, *grey.shape)
 
 
@@ -262,24 +321,84 @@ def _sample(values: np.ndarray, limit: int = 8000) -> np.ndarray:
   return flat[::max(1, flat.size // limit)]
 
 
-def extract_ink(grey: np.ndarray, name: str = 'image') -> np.ndarray:
-  """Grey levels -> ink strength in [0, 1] (white ink on black, background and noise at 0)."""
-  if ink_is_dark(grey):
-    grey = 1.0 - grey
-  residual = grey - background(grey)
-  sample = _sample(residual)
+def _noise(sample: np.ndarray) -> tuple[float, float]:
+  """(level, sigma) of the paper: median and MAD of the lower 60% of `sample`."""
   paper = sample[sample <= np.percentile(sample, 60)]
-  noise = 1.4826 * float(np.median(np.abs(paper - np.median(paper)))) if paper.size else 0.0
-  # 3 sigma of the paper's noise; a clean (noise-free) image keeps all but the faintest grey.
-  threshold = max(3.0 * noise + float(np.median(paper)) if paper.size else 0.0, 1.5 / 255)
-  candidates = residual[residual > threshold]
-  candidates = _sample(candidates) if candidates.size else candidates
-  full = float(np.percentile(candidates, 90)) if candidates.size else threshold
-  if full - threshold < MIN_INK_CONTRAST:
-    raise ImageError(f'{name}: no digit found (blank image, or ink too faint: contrast '
-                     f'{max(full - threshold, 0.0):.2f} of the grey range, need '
-                     f'{MIN_INK_CONTRAST})')
-  return np.clip((residual - threshold) / (full - threshold), 0.0, 1.0)
+  if not paper.size:
+    return 0.0, 0.0
+  level = float(np.median(paper))
+  return level, 1.4826 * float(np.median(np.abs(paper - level)))
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+  """A boolean mask grown by `radius` pixels (a square), by shifted ORs along each axis."""
+  out = mask.copy()
+  for axis in (0, 1):
+    grown = out.copy()
+    for shift in range(1, radius + 1):
+      ahead = [slice(None)] * 2
+      behind = [slice(None)] * 2
+      ahead[axis], behind[axis] = slice(shift, None), slice(None, -shift)
+      grown[tuple(ahead)] |= out[tuple(behind)]
+      grown[tuple(behind)] |= out[tuple(ahead)]
+    out = grown
+  return out
+
+
+def _coherence_threshold(smooth: np.ndarray) -> float:
+  """NOISE_SIGMAS noise levels above the paper's level in the smoothed residual.
+
+  The level is the median and the noise level comes from the lower side only (median minus
+  16th percentile: one sigma of Gaussian noise), where no ink is: unbiased by the ink, and by
+  the tail of false positives that a one-in-a-thousand underestimate gives in a large frame.
+  """
+  low, level = np.percentile(_sample(smooth, 20000), [15.87, 50])
+  return float(level + NOISE_SIGMAS * (level - low))
+
+
+def flat_paper(grey: np.ndarray) -> float | None:
+  """The paper's grey level when the border is one exact level (a drawing made on a computer,
+  the page's canvas, an MNIST digit): no lighting to fit and no noise to measure. Else None."""
+  border = _border(grey)
+  low, high = float(border.min()), float(border.max())
+  return low if high - low < 0.5 / 255 else None
+
+
+def extract_ink(grey: np.ndarray, name: str = 'image', dark: bool | None = None,
+                paper: float | None = None) -> np.ndarray:
+  """Grey levels -> ink strength in [0, 1] (white ink on black, background and noise at 0).
+
+  A pixel is ink when it stands 3 noise levels above the paper and lies within two pixels of
+  where the smoothed image stands NOISE_SIGMAS of its own (3x smaller) noise above it: strokes
+  are coherent, noise is not, so a faint digit covering far under 1% of a noisy frame is found
+  and the noise around it is not. The contrast is stretched so the ink's 90th percentile is
+  white. `dark` is the polarity when known (None: `ink_is_dark` decides); `paper` the
+  `flat_paper` level when there is one (the fast path, for noise-free drawings: the same result).
+  """
+  if ink_is_dark(grey) if dark is None else dark:
+    grey = 1.0 - grey
+    paper = None if paper is None else 1.0 - paper
+  if paper is not None:
+    residual, noise = grey - np.float32(paper), 0.0
+    threshold, coherent = 1.5 / 255, None
+    candidates = residual[residual > threshold]
+  else:
+    residual = grey - background(grey)
+    level, noise = _noise(_sample(residual))
+    threshold = max(3.0 * noise + level, 1.5 / 255)  # a noise-free image keeps all but faint grey
+    smooth = _box3(residual)
+    coherent = smooth > max(_coherence_threshold(smooth), 1.5 / 255)
+    candidates = residual[coherent & (residual > threshold)]
+  full = float(np.percentile(_sample(candidates), 90)) if candidates.size else threshold
+  contrast = max(full - threshold, 0.0)
+  # Weak ink counts when it is clearly above the noise (the rule that refuses blank paper).
+  if (candidates.size < MIN_INK_PIXELS or contrast < MIN_INK_CONTRAST
+      and (contrast < MIN_FAINT_CONTRAST or contrast < 3.0 * noise)):
+    raise NoDigitError(f'{name}: no digit found (blank image, or ink too faint: contrast '
+                       f'{contrast:.2f} of the grey range over noise {noise:.3f}, need '
+                       f'{MIN_INK_CONTRAST}, or {MIN_FAINT_CONTRAST} and 3x the noise)')
+  ink = np.clip((residual - threshold) / (full - threshold), 0.0, 1.0)
+  return ink if coherent is None else ink * _dilate(coherent, 2)
 
 
 # ---------------------------------------------------------------------------- MNIST geometry
@@ -387,15 +506,47 @@ def _centre_by_mass(patch: np.ndarray, digit_offset: float, digit_shape: tuple[i
   return _paste(patch, top, left)
 
 
-def preprocess(source: ImageLike) -> np.ndarray:
+def _zoom(detail, name: str, shape: tuple[int, int], box, dark: bool):
+  """(ink, box) of a small digit found again at up to ZOOM_SIZE (`detail()`: the grey levels at
+  that size), or None when it is not small, the image was not reduced (no more pixels to see),
+  or the closer look finds nothing."""
+  r0, r1, c0, c1 = box
+  side = max(r1 - r0, c1 - c0)
+  if max(shape) < WORK_SIZE or side >= ZOOM_FRACTION * max(shape):
+    return None
+  detail = detail()
+  factor = max(detail.shape) / max(shape)
+  if factor < 1.5:
+    return None
+  pad = side  # the crop: the digit and its own size of paper on every side (for the statistics)
+  rows = slice(max(0, int((r0 - pad) * factor)), min(detail.shape[0], int(np.ceil((r1 + pad) * factor))))
+  cols = slice(max(0, int((c0 - pad) * factor)), min(detail.shape[1], int(np.ceil((c1 + pad) * factor))))
+  try:
+    ink = extract_ink(detail[rows, cols], name, dark)
+  except NoDigitError:
+    return None
+  return ink, _bounding_box(ink)
+
+
+def preprocess(source: ImageLike, name: str | None = None) -> np.ndarray:
   """Any digit image -> what the model sees: uint8 (28, 28), white digit on black, MNIST-style.
 
-  `source` is a file path, a numpy array or a PIL image. Raises ImageError (naming the input)
-  for a missing, unreadable, truncated, blank or too large image.
+  `source` is a file path, encoded image bytes (an upload), a numpy array or a PIL image.
+  Raises ImageError (naming the input, or `name` when given) for a missing, unreadable,
+  truncated, blank or too large image.
   """
-  name = describe(source)
-  ink = extract_ink(load_grey(source), name)
+  name = name or describe(source)
+  decoded, drafted = _decoded_grey(source, name, WORK_SIZE)
+  grey = _reduce(decoded, WORK_SIZE)
+  paper = flat_paper(grey)
+  dark = ink_is_dark(grey) if paper is None else paper - grey.min() > grey.max() - paper
+  ink = extract_ink(grey, name, dark, paper)
   box = _bounding_box(ink)
+  detail = (lambda: load_grey(source, name, ZOOM_SIZE)) if drafted else (
+      lambda: _reduce(decoded, ZOOM_SIZE))
+  zoomed = _zoom(detail, name, grey.shape, box, dark)
+  if zoomed is not None:
+    ink, box = zoomed
   r0, r1, c0, c1 = box
   crop, margin = _crop_with_margin(ink, box)
   scale = DIGIT_BOX / max(r1 - r0, c1 - c0)
@@ -403,7 +554,7 @@ def preprocess(source: ImageLike) -> np.ndarray:
   if patch is not crop and stroke_width(crop > 0.5) * scale < THIN_STROKE:
     patch = _thicken(patch)
   if patch.sum() <= 0:
-    raise ImageError(f'{name}: no digit found (the ink vanished when scaled to 20x20)')
+    raise NoDigitError(f'{name}: no digit found (the ink vanished when scaled to 20x20)')
   unscaled = ink.shape == (MNIST_SIZE, MNIST_SIZE) and patch is crop
   position = (int(r0) - margin, int(c0) - margin) if unscaled else None
   digit_shape = (min(DIGIT_BOX, round((r1 - r0) * scale)), min(DIGIT_BOX, round((c1 - c0) * scale)))
