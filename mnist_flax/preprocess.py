@@ -97,7 +97,6 @@ def open_image(path: str | os.PathLike, size: int = WORK_SIZE) -> Image.Image:
 
 def decode_image(data: bytes, name: str = 'image bytes', size: int = WORK_SIZE) -> Image.Image:
   """Decodes an encoded image held in memory (an upload), with the checks of `open_image`."""
-  import io  # pylint: disable=import-outside-toplevel
   if not data:
     raise ImageError(f'{name}: empty (0 bytes), not an image')
   return _decode(io.BytesIO(bytes(data)), name, size)
