@@ -59,11 +59,12 @@ def _nesterov(config, lr):
 
 
 def _adam(config, lr):
-  return optax.adam(lr)
+  return optax.adam(lr, b1=config.get('adam_b1', 0.9), b2=config.get('adam_b2', 0.999))
 
 
 def _adamw(config, lr):
-  return optax.adamw(lr, weight_decay=config.weight_decay)
+  return optax.adamw(lr, b1=config.get('adam_b1', 0.9), b2=config.get('adam_b2', 0.999),
+                     weight_decay=config.weight_decay)
 
 
 OPTIMIZERS: dict[str, Callable[[Any, Any], optax.GradientTransformation]] = {
@@ -514,8 +515,9 @@ def _train_and_evaluate(config, workdir, fresh: bool, cleanup: contextlib.ExitSt
     report.write_json(workdir / report.SUMMARY_FILE, summary)
     # curves.png (with the per-step learning rate) and a short report.md; no model evaluation,
     # so this stays cheap. `mnist-flax report` adds the confusion matrix and the mistakes.
-    report.write_end_of_run(workdir, history, title=f'{config.get("name", "")} ({config.model})',
-                            schedule=report.schedule_points(schedule, total_steps))
+    if config.get('end_of_run_report', True):
+      report.write_end_of_run(workdir, history, title=f'{config.get("name", "")} ({config.model})',
+                              schedule=report.schedule_points(schedule, total_steps))
   writer.close()
   ckpt.close()
   distributed.barrier('train_and_evaluate_done')  # others may read what process 0 wrote
