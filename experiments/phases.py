@@ -83,7 +83,9 @@ def _instrument() -> None:
 
 
 def _epoch_seconds(argv: list[str]) -> float | None:
-  workdir = next((a.split('=', 1)[1] for a in argv if a.startswith('--config.workdir=')), None)
+  # the last one wins, as in the CLI's overrides
+  workdir = next((a.split('=', 1)[1] for a in reversed(argv)
+                  if a.startswith('--config.workdir=')), None)
   if not workdir:
     return None
   path = pathlib.Path(workdir) / 'metrics.jsonl'
