@@ -2,7 +2,7 @@
 the peer recipes side by side, and how the cost of an epoch scales.
 
     python experiments/benchmark.py --config experiments/configs/default.py [--seeds 3]
-        [--target 0.99] [--steps 200] [--peak-gflops 157] [--phases] [--warm]
+        [--seeds-config experiments/configs/speedrun.py] [--target 0.99] [--steps 200] [--peak-gflops 157] [--phases] [--warm]
         [--peers flax,keras,torch --peer-epochs 3] [--scaling]
         [--json results.json] [--config.FIELD=VALUE ...]
 
@@ -317,12 +317,13 @@ def run_seeds(args, overrides: list[str], workdir: pathlib.Path) -> dict:
   """`--seeds` cold runs (each its own empty compilation cache) and, with `--warm`, a rerun of
   each on the cache it filled; spreads, phases and the cold-vs-warm accuracy check."""
   cold, warm = [], []
+  config_file = args.seeds_config or args.config
   for seed in range(args.seeds):
     cache = workdir / f'xla-cache-seed{seed}'
-    cold.append(run_seed(args.config, overrides, seed, workdir / f'seed{seed}', args.target,
+    cold.append(run_seed(config_file, overrides, seed, workdir / f'seed{seed}', args.target,
                          cache, args.phases))
     if args.warm:
-      warm.append(run_seed(args.config, overrides, seed, workdir / f'seed{seed}-warm',
+      warm.append(run_seed(config_file, overrides, seed, workdir / f'seed{seed}-warm',
                            args.target, cache, args.phases))
   out = {'cold': _summarize_runs(cold)}
   if warm:
@@ -487,6 +488,7 @@ def print_table(result: dict) -> None:
                   else '')))
   seeds = result.get('seeds')
   if seeds:
+    rows.append(('seeds of', result['seeds_config']))
     rows += _row_runs('cold cache', seeds['cold'], result['target'])
     if 'warm' in seeds:
       rows += _row_runs('warm cache', seeds['warm'], result['target'])
@@ -549,6 +551,9 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--config', default=str(REPO / 'experiments' / 'configs' / 'default.py'))
+  parser.add_argument('--seeds-config', default='',
+                      help='time --seeds of this config instead of --config (e.g. the speedrun '
+                           'beside the reference CNN\'s throughput; overrides apply to both)')
   parser.add_argument('--seeds', type=int, default=0,
                       help='train this many seeds (0, 1, ...) end to end; 0 = throughput only')
   parser.add_argument('--target', type=float, default=0.99, help='test accuracy to time')
@@ -597,7 +602,8 @@ def main(argv: list[str] | None = None) -> dict:
   workdir = pathlib.Path(config.workdir) if config.workdir else None
   if workdir is None and (args.seeds or args.scaling or not args.json):
     workdir = pathlib.Path(tempfile.mkdtemp(prefix='mnist_flax_bench_'))
-  result = {'config': args.config, 'overrides': overrides, 'target': args.target,
+  result = {'config': args.config, 'seeds_config': args.seeds_config or args.config,
+            'overrides': overrides, 'target': args.target,
             'machine': machine_record()}
   # A given peak skips the sgemm measurement (a few seconds of both cores).
   nominal, sgemm = nominal_peak_gflops(), None if args.peak_gflops else sgemm_gflops()
