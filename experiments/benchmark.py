@@ -1,30 +1,36 @@
-"""Benchmark a config: throughput, FLOP rate, compile time, time to a target accuracy, memory.
+"""Benchmark a config: throughput, FLOP rate, compile time, time to a target accuracy, memory,
+the peer recipes side by side, and how the cost of an epoch scales.
 
     python experiments/benchmark.py --config experiments/configs/default.py [--seeds 3]
-        [--target 0.99] [--steps 200] [--peak-gflops 157] [--peer-epochs 3]
+        [--seeds-config experiments/configs/speedrun.py] [--target 0.99] [--steps 200] [--peak-gflops 157] [--phases] [--warm]
+        [--peers flax,keras,torch --peer-epochs 3] [--scaling]
         [--json results.json] [--config.FIELD=VALUE ...]
 
 What it measures, in one process set up exactly like `mnist-flax train` (same CPU device split,
 same jitted `train_step`, data resident on the device):
 
+* the machine: CPU model, cores, ISA flags that matter (AVX-512, BF16), load average before and
+  after, and a measured numpy sgemm rate (what the cores really do in fp32);
 * train throughput: images/s over `--steps` steps after compilation and a warm-up;
 * FLOPs per training image, two ways: analytic (2 x multiply-adds of every conv and matmul in the
   forward pass, times 3 for forward + backward, the convention the peer scripts use) and XLA's
   `cost_analysis()` of the compiled step; achieved GFLOP/s and its share of the machine's peak
-  (`--peak-gflops`, else a measured numpy sgemm rate, which is what the cores can really do);
+  (`--peak-gflops`, else the measured sgemm rate);
 * compile time of the train step, peak host memory (RSS) and, on accelerators, peak device memory;
 * predict throughput (the jitted `predict` on batches of `eval_batch_size`) and exact-evaluation
   throughput (the sharded `Evaluator` over all 10,000 test images);
-* time to `--target` test accuracy over `--seeds` seeds: each seed is a real
-  `mnist-flax train` subprocess (so compilation and start-up are included), mean and spread of
-  the final accuracy, the training seconds, the process wall time and the time to target;
-* optionally the Flax example peer (`../shared/peers/flax_example.py` beside the checkout) on the same machine.
+* time to `--target` test accuracy over `--seeds` seeds: each seed is a real `mnist-flax train`
+  subprocess (start-up and compilation included) with an empty compilation cache of its own
+  (cold); `--warm` reruns each seed on the cache it filled (warm) and checks that the accuracy is
+  the same; `--phases` splits each process's wall time into its phases (experiments/phases.py);
+* `--peers`: the recipes of `../shared/peers/` (flax, keras, torch), one after another, never in
+  parallel; every figure is printed absolute and as a ratio to each peer;
+* `--scaling`: seconds per epoch of the config against the batch size and against the number of
+  CPU devices (one subprocess per cell, since the device split is fixed when JAX starts).
 
-It prints a table and writes JSON (`--json`, default `<workdir>/benchmark.json`, the workdir being
-`--config.workdir` or a new temporary folder). The seeds' processes inherit the environment, so
-`JAX_COMPILATION_CACHE_DIR=... JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0` measures warm
-starts (run once to fill the cache, then again). Timings on a
-shared machine are noisy: run it alone (`flock /tmp/mnist_cpu.lock python experiments/...`).
+It prints tables and writes JSON (`--json`, default `<workdir>/benchmark.json`, the workdir being
+`--config.workdir` or a new temporary folder). Timings on a shared machine are noise: run it on an
+otherwise idle machine, and read the load averages it records.
 """
 
 from __future__ import annotations
@@ -43,7 +49,12 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-PEER_SCRIPT = REPO.parent / 'shared' / 'peers' / 'flax_example.py'
+PEERS_DIR = REPO.parent / 'shared' / 'peers'
+PEER_SCRIPTS = {'flax': 'flax_example.py', 'keras': 'keras_convnet.py', 'torch': 'torch_examples.py'}
+# The torch peer needs an interpreter with PyTorch (venv311 has none): $PEER_TORCH_PYTHON.
+PEER_PYTHON_ENV = {'torch': 'PEER_TORCH_PYTHON', 'keras': 'PEER_KERAS_PYTHON',
+                   'flax': 'PEER_FLAX_PYTHON'}
+PHASES_SCRIPT = REPO / 'experiments' / 'phases.py'
 sys.path.insert(0, str(REPO))  # run as a script from a checkout without installing
 
 
@@ -100,8 +111,20 @@ def machine_record() -> dict:
       'python': platform.python_version(), 'jax': jax.__version__, 'flax': flax.__version__,
       'optax': optax.__version__, 'backend': jax.default_backend(),
       'devices': sharding.describe_devices(), 'num_devices': jax.device_count(),
+      'isa': cpu_flags_of_interest(),
       'load_average_1m': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
   }
+
+
+def cpu_flags_of_interest() -> list[str]:
+  """The vector ISA flags that decide XLA CPU's matmul kernels (fp32 and bf16)."""
+  try:
+    info = pathlib.Path('/proc/cpuinfo').read_text()
+  except OSError:
+    return []
+  flags = re.search(r'flags\s*:(.*)', info)
+  wanted = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16')
+  return [f for f in wanted if flags and f in flags.group(1).split()]
 
 
 # ---------------------------------------------------------------------------- FLOPs
@@ -166,7 +189,7 @@ def _peak_device_bytes() -> int | None:
   return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
 
 
-def measure_training(config, steps: int, warmup: int) -> dict:
+def measure_training(config, steps: int, warmup: int, inference: bool = True) -> dict:
   """Compile time, steady throughput and FLOP counts of the config's jitted train step."""
   import jax  # pylint: disable=import-outside-toplevel
   from mnist_flax import sharding, train  # pylint: disable=import-outside-toplevel
@@ -176,6 +199,7 @@ def measure_training(config, steps: int, warmup: int) -> dict:
   setup = train.build_training(config, mesh)
   datasets, model, state, step_fn = setup.datasets, setup.model, setup.state, setup.step_fn
   steps_per_epoch = setup.steps_per_epoch
+  n_train = len(datasets.train)
   images, labels = setup.train_images, setup.train_labels
   metrics = jax.device_put(train.train_metrics(), sharding.replicated(mesh))
   perm = setup.permutation(0)
@@ -209,6 +233,8 @@ def measure_training(config, steps: int, warmup: int) -> dict:
       # Robust to other processes sharing the CPU: throughput per core-second actually used.
       'images_per_cpu_second': images_per_s / max(cores_busy, 1e-9),
       'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'train_images': n_train, 'num_devices': mesh.devices.size,
+      'epoch_seconds': n_train / images_per_s,  # steady state: compile and evaluation excluded
       'train_flops_per_image_analytic': flops_image,
       'achieved_gflops_analytic': images_per_s * flops_image / 1e9,
   }
@@ -217,7 +243,8 @@ def measure_training(config, steps: int, warmup: int) -> dict:
     per_image = xla_flops * mesh.devices.size / config.batch_size
     out.update(train_flops_per_image_xla=per_image,
                achieved_gflops_xla=images_per_s * per_image / 1e9)
-  out.update(_measure_inference(config, model, state, datasets.test, mesh))
+  if inference:
+    out.update(_measure_inference(config, model, state, datasets.test, mesh))
   return out
 
 
@@ -242,13 +269,20 @@ def _measure_inference(config, model, state, test, mesh, repeats: int = 3) -> di
 
 
 def run_seed(config_file: str, overrides: list[str], seed: int, workdir: pathlib.Path,
-             target: float) -> dict:
-  """One real `mnist-flax train` process; its accuracy, training time and time to target."""
-  cmd = [sys.executable, '-m', 'mnist_flax.cli', 'train', '--config', config_file, *overrides,
+             target: float, cache_dir: pathlib.Path, phases: bool = False) -> dict:
+  """One real `mnist-flax train` process; its accuracy, training time and time to target.
+
+  `cache_dir` is its persistent compilation cache (`$MNIST_FLAX_CACHE`): an empty one gives the
+  cold figure, one a previous run filled the warm one. `phases`: run it through
+  experiments/phases.py (the same CLI, with timers) and return its phases too.
+  """
+  entry = [str(PHASES_SCRIPT)] if phases else ['-m', 'mnist_flax.cli']
+  cmd = [sys.executable, *entry, 'train', '--config', config_file, *overrides,
          f'--config.seed={seed}', f'--config.workdir={workdir}', '--config.progress_bar=false']
+  env = dict(os.environ, MNIST_FLAX_CACHE=str(cache_dir))
   cpu0 = _children_cpu_seconds()
   t = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
   wall = time.perf_counter() - t
   cpu = _children_cpu_seconds() - cpu0
   if proc.returncode != 0:
@@ -261,12 +295,49 @@ def run_seed(config_file: str, overrides: list[str], seed: int, workdir: pathlib
     elapsed += record['seconds']
     if to_target is None and record['test_accuracy'] >= target:
       to_target = {'seconds': elapsed, 'epoch': record['epoch']}
-  return {'seed': seed, 'test_accuracy': summary['test_accuracy'],
-          'train_seconds': summary['train_seconds'],
-          'train_wall_seconds': summary.get('train_wall_seconds'),
-          'process_seconds': wall, 'process_cpu_seconds': cpu, 'epochs': summary['epochs'],
-          'time_to_target_seconds': to_target and to_target['seconds'],
-          'epoch_to_target': to_target and to_target['epoch']}
+  out = {'seed': seed, 'test_accuracy': summary['test_accuracy'],
+         'train_seconds': summary['train_seconds'],
+         'process_seconds': wall, 'process_cpu_seconds': cpu, 'epochs': summary['epochs'],
+         'epoch_seconds': [r['seconds'] for r in records],
+         'time_to_target_seconds': to_target and to_target['seconds'],
+         'epoch_to_target': to_target and to_target['epoch']}
+  line = next((l for l in proc.stdout.splitlines() if l.startswith('PHASES ')), None)
+  if line:
+    out['phases'] = json.loads(line[len('PHASES '):])
+    out['phases']['interpreter'] = wall - out['phases']['in_python']  # start-up and exit
+  return out
+
+
+def run_seeds(args, overrides: list[str], workdir: pathlib.Path) -> dict:
+  """`--seeds` cold runs (each its own empty compilation cache) and, with `--warm`, a rerun of
+  each on the cache it filled; spreads, phases and the cold-vs-warm accuracy check."""
+  cold, warm = [], []
+  config_file = args.seeds_config or args.config
+  for seed in range(args.seeds):
+    cache = workdir / f'xla-cache-seed{seed}'
+    cold.append(run_seed(config_file, overrides, seed, workdir / f'seed{seed}', args.target,
+                         cache, args.phases))
+    if args.warm:
+      warm.append(run_seed(config_file, overrides, seed, workdir / f'seed{seed}-warm',
+                           args.target, cache, args.phases))
+  out = {'cold': _summarize_runs(cold)}
+  if warm:
+    out['warm'] = _summarize_runs(warm)
+    same = all(c['test_accuracy'] == w['test_accuracy'] for c, w in zip(cold, warm))
+    out['warm_same_accuracy'] = same
+  return out
+
+
+def _summarize_runs(runs: list[dict]) -> dict:
+  out = {key: _spread([r[key] for r in runs]) for key in (
+      'test_accuracy', 'train_seconds', 'process_seconds', 'process_cpu_seconds',
+      'time_to_target_seconds')}
+  out['runs'] = runs
+  with_phases = [r['phases'] for r in runs if 'phases' in r]
+  if with_phases:
+    out['phases_mean'] = {k: statistics.fmean(p.get(k, 0.0) for p in with_phases)
+                          for k in with_phases[0]}
+  return out
 
 
 def _children_cpu_seconds() -> float:
@@ -282,20 +353,72 @@ def _spread(values: list[float]) -> dict:
           'min': min(values), 'max': max(values), 'n': len(values)}
 
 
-def run_peer(epochs: int, train_limit: int = 0) -> dict:
-  """The Flax example peer script on the same machine; its final JSON line."""
-  if not PEER_SCRIPT.is_file():
-    return {'error': f'{PEER_SCRIPT} not found'}
-  cmd = [sys.executable, str(PEER_SCRIPT), '--epochs', str(epochs)]
+def run_peer(name: str, epochs: int, train_limit: int = 0) -> dict:
+  """One peer recipe of ../shared/peers/ on this machine; its final JSON line.
+
+  Its interpreter: `$PEER_<NAME>_PYTHON` (e.g. PEER_TORCH_PYTHON=/path/venv/bin/python, since
+  PyTorch is not in this project's environment), else this one.
+  """
+  script = PEERS_DIR / PEER_SCRIPTS[name]
+  if not script.is_file():
+    return {'peer': name, 'error': f'{script} not found'}
+  python = os.environ.get(PEER_PYTHON_ENV[name]) or sys.executable
+  cmd = [python, str(script), '--epochs', str(epochs)]
   if train_limit:
     cmd += ['--train-limit', str(train_limit)]
   env = {k: v for k, v in os.environ.items() if k not in ('JAX_NUM_CPU_DEVICES', 'XLA_FLAGS')}
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PEER_SCRIPT.parent, env=env,
+  load = os.getloadavg()[0]
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=script.parent, env=env,
                         check=False)
   for line in reversed(proc.stdout.splitlines()):
     if line.startswith('{'):
-      return json.loads(line)
-  return {'error': f'peer failed (exit {proc.returncode}): {proc.stderr[-500:]}'}
+      return dict(json.loads(line), peer=name, load_average_1m_before=load)
+  return {'peer': name, 'error': f'peer failed (exit {proc.returncode}): {proc.stderr[-500:]}'}
+
+
+def peer_ratios(result: dict) -> dict:
+  """Each figure of ours divided by the peer's (for times: the peer's over ours), per peer."""
+  training = result.get('training') or {}
+  runs = (result.get('seeds') or {}).get('cold') or {}
+  ours_t99 = (runs.get('time_to_target_seconds') or {}).get('mean')
+  ratios = {}
+  for peer in result.get('peers', []):
+    if 'error' in peer:
+      continue
+    r = {}
+    if training and peer.get('steady_images_per_s'):
+      r['train_images_per_s'] = training['train_images_per_s'] / peer['steady_images_per_s']
+      r['gflops'] = training['achieved_gflops_analytic'] / max(peer['steady_gflops'], 1e-9)
+    if ours_t99 and peer.get('time_to_99_s') and abs(result['target'] - 0.99) < 1e-9:
+      r['time_to_99'] = peer['time_to_99_s'] / ours_t99
+    ratios[peer['peer']] = r
+  return ratios
+
+
+def run_scaling(args, overrides: list[str], workdir: pathlib.Path) -> list[dict]:
+  """Seconds per epoch against batch size and CPU devices: one subprocess per cell."""
+  cells = []
+  for devices in args.scaling_devices:
+    for batch in args.scaling_batches:
+      if batch % devices:
+        continue
+      out = workdir / f'scaling-d{devices}-b{batch}.json'
+      steps = max(10, args.scaling_images // batch)
+      cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), '--config', args.config,
+             *overrides, f'--config.cpu_devices={devices}', f'--config.batch_size={batch}',
+             '--steps', str(steps), '--warmup', '5', '--steps-only', '--peak-gflops', '1',
+             '--json', str(out)]
+      env = {k: v for k, v in os.environ.items() if k not in ('JAX_NUM_CPU_DEVICES', 'XLA_FLAGS')}
+      proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
+      if proc.returncode != 0:
+        cells.append({'devices': devices, 'batch_size': batch, 'error': proc.stderr[-300:]})
+        continue
+      t = json.loads(out.read_text())['training']
+      cells.append({'devices': devices, 'batch_size': batch,
+                    'epoch_seconds': t['epoch_seconds'], 'images_per_s': t['train_images_per_s'],
+                    'compile_seconds': t['compile_seconds'], 'cores_busy': t['cores_busy'],
+                    'load_average_1m': os.getloadavg()[0]})
+  return cells
 
 
 # ---------------------------------------------------------------------------- report
@@ -305,11 +428,37 @@ def _fmt(value, spec: str = ',.0f') -> str:
   return '-' if value is None else format(value, spec)
 
 
+def _row_runs(label: str, runs: dict, target: float) -> list[tuple[str, str]]:
+  acc, to_target = runs['test_accuracy'], runs['time_to_target_seconds']
+  rows = [
+      (f'test accuracy ({label})', f"{100 * acc['mean']:.2f}% mean, {100 * acc['std']:.2f} std, "
+                                   f"{100 * acc['min']:.2f}..{100 * acc['max']:.2f} over "
+                                   f"{acc['n']} seeds"),
+      (f'training seconds ({label})', f"{runs['train_seconds']['mean']:.1f} mean "
+                                      f"({runs['train_seconds']['min']:.1f}.."
+                                      f"{runs['train_seconds']['max']:.1f})"),
+      (f'process seconds ({label})', f"{runs['process_seconds']['mean']:.1f} mean "
+                                     f"({runs['process_seconds']['min']:.1f}.."
+                                     f"{runs['process_seconds']['max']:.1f}), "
+                                     f"{runs['process_cpu_seconds']['mean']:.1f} CPU seconds"),
+      (f'time to {100 * target:.2f}% ({label})',
+       f"{_fmt(to_target['mean'], '.1f')} s mean ({to_target['n']}/{acc['n']} seeds reached it)"),
+  ]
+  if runs.get('phases_mean'):
+    phases = runs['phases_mean']
+    rows.append((f'process phases, s ({label})', ', '.join(
+        f'{k} {v:.2f}' for k, v in phases.items() if k != 'in_python')))
+  return rows
+
+
 def print_table(result: dict) -> None:
   m, t = result['machine'], result.get('training') or {}
   peak = result['peak_gflops']
   rows = [
-      ('machine', f"{m['cpu']}, {m['cpu_cores']} cores, {m['devices']}, jax {m['jax']}"),
+      ('machine', f"{m['cpu']}, {m['cpu_cores']} cores ({', '.join(m.get('isa', []))}), "
+                  f"{m['devices']}, jax {m['jax']}"),
+      ('load average (1 min)', f"{_fmt(m['load_average_1m'], '.2f')} at start, "
+                               f"{_fmt(result.get('load_average_1m_end'), '.2f')} at end"),
       ('peak fp32 GFLOP/s', f"{_fmt(peak['used'], '.0f')} ({peak['source']}; nominal "
                             f"{_fmt(peak['nominal'], '.0f')}, sgemm {_fmt(peak['sgemm'], '.0f')})"),
   ]
@@ -325,42 +474,81 @@ def print_table(result: dict) -> None:
         ('achieved GFLOP/s', f"{t['achieved_gflops_analytic']:.1f} analytic "
                              f"({_fmt(share and 100 * share, '.0f')}% of peak), "
                              f"{_fmt(t.get('achieved_gflops_xla'), '.1f')} XLA"),
-        ('predict images/s', f"{t['predict_images_per_s']:,.0f} (jitted predict), "
-                             f"{t['eval_images_per_s']:,.0f} (exact evaluation)"),
-  ]
+    ]
+    if 'predict_images_per_s' in t:
+      rows.append(('predict images/s', f"{t['predict_images_per_s']:,.0f} (jitted predict), "
+                                       f"{t['eval_images_per_s']:,.0f} (exact evaluation)"))
   rows.append(('peak host memory', f"{result['peak_rss_mb']:.0f} MB RSS"
                + (f", device {result['peak_device_mb']:.0f} MB" if result.get('peak_device_mb')
                   else '')))
-  runs = result.get('seeds')
-  if runs:
-    acc, to_target = runs['test_accuracy'], runs['time_to_target_seconds']
-    rows += [
-        ('test accuracy', f"{100 * acc['mean']:.2f}% mean, {100 * acc['std']:.2f} std, "
-                          f"{100 * acc['min']:.2f}..{100 * acc['max']:.2f} over {acc['n']} seeds"),
-        ('training seconds', f"{runs['train_seconds']['mean']:.1f} mean "
-                             f"({runs['train_seconds']['min']:.1f}..{runs['train_seconds']['max']:.1f})"),
-        ('process seconds', f"{runs['process_seconds']['mean']:.1f} mean "
-                            f"({runs['process_seconds']['min']:.1f}..{runs['process_seconds']['max']:.1f}), "
-                            f"{runs['process_cpu_seconds']['mean']:.1f} CPU seconds"),
-        (f"time to {100 * result['target']:.2f}%",
-         f"{_fmt(to_target['mean'], '.1f')} s mean ({to_target['n']}/{acc['n']} seeds reached it)"),
-        ('reproducibility', runs['note']),
-    ]
-  peer = result.get('peer')
-  if peer:
-    rows.append(('flax example peer', json.dumps(peer)[:300]))
+  seeds = result.get('seeds')
+  if seeds:
+    rows.append(('seeds of', result['seeds_config']))
+    rows += _row_runs('cold cache', seeds['cold'], result['target'])
+    if 'warm' in seeds:
+      rows += _row_runs('warm cache', seeds['warm'], result['target'])
+      rows.append(('reproducibility', 'same accuracy cold and warm, seed by seed: '
+                                      f"{seeds['warm_same_accuracy']}"))
   width = max(len(k) for k, _ in rows)
-  print(f"\nbenchmark: {result['config']}")
+  print(f"\nbenchmark: {result['config']} {' '.join(result['overrides'])}")
   for key, value in rows:
     print(f'  {key:<{width}}  {value}')
+  _print_peers(result)
+  _print_scaling(result.get('scaling'))
+
+
+def _print_peers(result: dict) -> None:
+  peers = result.get('peers')
+  if not peers:
+    return
+  ratios = peer_ratios(result)
+  print('\npeers, one after another on the same machine (ratio = mnist_flax / peer; for times, '
+        'peer / mnist_flax):')
+  print(f"  {'peer':<8} {'images/s':>10} {'GFLOP/s':>8} {'time to 99%':>12} {'test acc':>9} "
+        f"{'epochs':>6} {'load':>5}  {'x images/s':>10} {'x time to 99%':>13}")
+  for peer in peers:
+    if 'error' in peer:
+      print(f"  {peer['peer']:<8} {peer['error'][:100]}")
+      continue
+    r = ratios.get(peer['peer'], {})
+    print(f"  {peer['peer']:<8} {peer['steady_images_per_s']:>10,.0f} {peer['steady_gflops']:>8.1f} "
+          f"{_fmt(peer['time_to_99_s'], '.1f'):>12} {100 * peer['test_acc']:>8.2f}% "
+          f"{peer['epochs']:>6} {peer['load_average_1m_before']:>5.1f}  "
+          f"{_fmt(r.get('train_images_per_s'), '.2f'):>10} {_fmt(r.get('time_to_99'), '.1f'):>13}")
+
+
+def _print_scaling(cells) -> None:
+  if not cells:
+    return
+  devices = sorted({c['devices'] for c in cells})
+  batches = sorted({c['batch_size'] for c in cells})
+  by = {(c['devices'], c['batch_size']): c for c in cells}
+  print('\nseconds per epoch (steady, compile excluded; images/s in brackets) by batch size and '
+        'CPU devices:')
+  print('  ' + f"{'batch':>6}" + ''.join(f'{f"{d} device(s)":>22}' for d in devices))
+  for b in batches:
+    line = f'  {b:>6}'
+    for d in devices:
+      c = by.get((d, b))
+      text = '-' if c is None else 'error' if 'error' in c else \
+          f"{c['epoch_seconds']:.2f} ({c['images_per_s']:,.0f})"
+      line += f'{text:>22}'
+    print(line)
 
 
 # ---------------------------------------------------------------------------- main
 
 
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in text.split(',') if x]
+
+
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--config', default=str(REPO / 'experiments' / 'configs' / 'default.py'))
+  parser.add_argument('--seeds-config', default='',
+                      help='time --seeds of this config instead of --config (e.g. the speedrun '
+                           'beside the reference CNN\'s throughput; overrides apply to both)')
   parser.add_argument('--seeds', type=int, default=0,
                       help='train this many seeds (0, 1, ...) end to end; 0 = throughput only')
   parser.add_argument('--target', type=float, default=0.99, help='test accuracy to time')
@@ -369,11 +557,28 @@ def parse_args(argv):
   parser.add_argument('--peak-gflops', type=float, default=0.0,
                       help='machine fp32 peak; default: measured numpy sgemm rate')
   parser.add_argument('--peer-epochs', type=int, default=0,
-                      help='also run the Flax example peer for this many epochs')
+                      help='run the peers (--peers; default: the Flax example) for this many '
+                           'epochs')
+  parser.add_argument('--peers', default='',
+                      help='comma-separated peers of ../shared/peers/: flax,keras,torch')
+  parser.add_argument('--phases', action='store_true',
+                      help="split each seed's process time into phases (experiments/phases.py)")
+  parser.add_argument('--warm', action='store_true',
+                      help='rerun each seed on the compilation cache its cold run filled')
+  parser.add_argument('--scaling', action='store_true',
+                      help='seconds per epoch against batch size and number of CPU devices')
+  parser.add_argument('--scaling-batches', type=_ints, default=[64, 128, 256, 512])
+  parser.add_argument('--scaling-devices', type=_ints, default=[1, 2])
+  parser.add_argument('--scaling-images', type=int, default=12800,
+                      help='images timed per scaling cell')
+  parser.add_argument('--steps-only', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--peer-train-limit', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--no-throughput', action='store_true', help='skip the throughput section')
   parser.add_argument('--json', default='', help='output file (default: <workdir>/benchmark.json)')
   args, rest = parser.parse_known_args(argv)
+  unknown = [p for p in args.peers.split(',') if p and p not in PEER_SCRIPTS]
+  if unknown:
+    parser.error(f'unknown peers {unknown}; known: {",".join(PEER_SCRIPTS)}')
   bad = [a for a in rest if not a.startswith('--config.')]
   if bad:
     parser.error(f'unrecognized arguments: {" ".join(bad)}')
@@ -390,9 +595,10 @@ def main(argv: list[str] | None = None) -> dict:
   # Same device split as `mnist-flax train`, before JAX starts.
   sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
   workdir = pathlib.Path(config.workdir) if config.workdir else None
-  if workdir is None and (args.seeds or not args.json):
+  if workdir is None and (args.seeds or args.scaling or not args.json):
     workdir = pathlib.Path(tempfile.mkdtemp(prefix='mnist_flax_bench_'))
-  result = {'config': args.config, 'overrides': overrides, 'target': args.target,
+  result = {'config': args.config, 'seeds_config': args.seeds_config or args.config,
+            'overrides': overrides, 'target': args.target,
             'machine': machine_record()}
   # A given peak skips the sgemm measurement (a few seconds of both cores).
   nominal, sgemm = nominal_peak_gflops(), None if args.peak_gflops else sgemm_gflops()
@@ -401,22 +607,23 @@ def main(argv: list[str] | None = None) -> dict:
       'used': args.peak_gflops or sgemm,
       'source': '--peak-gflops' if args.peak_gflops else 'measured numpy sgemm'}
   if not args.no_throughput:
-    training = measure_training(config, args.steps, args.warmup)
+    training = measure_training(config, args.steps, args.warmup, inference=not args.steps_only)
     training['share_of_peak'] = training['achieved_gflops_analytic'] / result['peak_gflops']['used']
     result['training'] = training
   if args.seeds:
-    runs = [run_seed(args.config, overrides, seed, workdir / f'seed{seed}', args.target)
-            for seed in range(args.seeds)]
-    result['seeds'] = {key: _spread([r[key] for r in runs]) for key in (
-        'test_accuracy', 'train_seconds', 'process_seconds', 'process_cpu_seconds',
-        'time_to_target_seconds')}
-    result['seeds']['runs'] = runs
+    result['seeds'] = run_seeds(args, overrides, workdir)
     result['seeds']['note'] = (
         'each seed is a plain `mnist-flax train` run (same code path as users get); the same '
         'config and seed give the same accuracy on the same device count; compare the mean with '
         "the config docstring's figure (differences within ~2 std are seed noise)")
-  if args.peer_epochs:
-    result['peer'] = run_peer(args.peer_epochs, args.peer_train_limit)
+  peers = [p for p in args.peers.split(',') if p] or (['flax'] if args.peer_epochs else [])
+  if peers:
+    epochs = args.peer_epochs or 3
+    result['peers'] = [run_peer(p, epochs, args.peer_train_limit) for p in peers]
+    result['peer_ratios'] = peer_ratios(result)
+  if args.scaling:
+    result['scaling'] = run_scaling(args, overrides, workdir)
+  result['load_average_1m_end'] = os.getloadavg()[0]
   result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   device_bytes = _peak_device_bytes()
   result['peak_device_mb'] = device_bytes and device_bytes / 2 ** 20

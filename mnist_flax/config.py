@@ -117,6 +117,10 @@ def runtime_fields() -> ml_collections.ConfigDict:
   config.cpu_devices = -1
   config.sync_every_steps = 8  # wait for the device every N steps (bounded queue); 0 = never
   config.progress_bar = True
+  # curves.png and report.md at the end of training (matplotlib: ~1.5 s of a 2-core CPU, which
+  # speedrun.py saves; `mnist-flax report --workdir DIR` makes them later from the run directory).
+  config.end_of_run_report = True
+
   # Several processes / hosts (mnist_flax/distributed.py). distributed: 'auto' (start
   # jax.distributed when a coordinator or num_processes > 1 is given, here or in
   # $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID), 'cluster' (let JAX detect

@@ -316,9 +316,10 @@ def finish(run: Run, t: Training, state, history: list[dict], test: Optional[dic
     # curves.png (with the per-step learning rate) and a short report.md; no model evaluation,
     # so this stays cheap. `mnist-flax report` adds the confusion matrix and the mistakes.
     config = run.config
-    report.write_end_of_run(
-        run.workdir, history, title=f'{config.get("name", "")} ({config.model})',
-        schedule=optim.schedule_points(t.schedule, t.steps_per_epoch * config.num_epochs))
+    if config.get('end_of_run_report', True):
+      report.write_end_of_run(
+          run.workdir, history, title=f'{config.get("name", "")} ({config.model})',
+          schedule=optim.schedule_points(t.schedule, t.steps_per_epoch * config.num_epochs))
   run.writer.close()
   run.ckpt.close()
   distributed.barrier('train_and_evaluate_done')  # others may read what process 0 wrote

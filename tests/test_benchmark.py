@@ -28,7 +28,9 @@ def test_benchmark_writes_json_with_every_field(idx_dir, tfds_dir, tmp_path, mon
   overrides = [f'--config.{o}' for o in tiny_overrides(idx_dir, tfds_dir, tmp_path / 'runs')
                if not o.startswith('num_epochs')] + ['--config.num_epochs=1']
   benchmark.main(['--steps', '4', '--warmup', '1', '--seeds', '1', '--target', '0.2',
-                  '--peak-gflops', '100',
+                  '--peak-gflops', '100', '--warm', '--phases',
+                  '--scaling', '--scaling-batches', '128', '--scaling-devices', '1',
+                  '--scaling-images', '256',
                   '--json', str(out), *overrides])
   result = json.loads(out.read_text())
 
@@ -45,7 +47,7 @@ def test_benchmark_writes_json_with_every_field(idx_dir, tfds_dir, tmp_path, mon
     assert training[key] > 0, key
   assert result['peak_rss_mb'] > 0
 
-  seeds = result['seeds']
+  seeds = result['seeds']['cold']
   (run,) = seeds['runs']
   assert run['seed'] == 0 and 0.2 <= run['test_accuracy'] <= 1
   assert seeds['test_accuracy']['mean'] == run['test_accuracy']
@@ -55,6 +57,36 @@ def test_benchmark_writes_json_with_every_field(idx_dir, tfds_dir, tmp_path, mon
   assert run['process_seconds'] > run['train_seconds']
   summary = json.loads((tmp_path / 'runs' / 'seed0' / 'summary.json').read_text())
   assert summary['test_accuracy'] == run['test_accuracy']
+
+  # --warm: the same seed again on the compilation cache the cold run filled, same accuracy
+  (warm,) = result['seeds']['warm']['runs']
+  assert warm['test_accuracy'] == run['test_accuracy'] and result['seeds']['warm_same_accuracy']
+  assert any((tmp_path / 'runs' / 'xla-cache-seed0').iterdir())
+  # --phases: the process split into its parts, which add up to the time spent in Python
+  phases = run['phases']
+  for key in ('imports', 'data', 'init', 'epochs', 'evaluation', 'checkpoint', 'compile'):
+    assert phases[key] > 0, key
+  assert abs(phases['epochs'] - run['train_seconds']) < 1e-2
+  parts = sum(v for k, v in phases.items() if k not in ('in_python', 'compile', 'interpreter'))
+  assert abs(parts - phases['in_python']) < 1e-2
+  assert phases['interpreter'] > 0
+  # --scaling: one cell (1 device, batch 128) with a positive epoch time
+  (cell,) = result['scaling']
+  assert cell['devices'] == 1 and cell['batch_size'] == 128 and cell['epoch_seconds'] > 0
+
+
+def test_peer_ratios_are_ours_over_theirs_and_their_time_over_ours():
+  benchmark = _load_benchmark()
+  result = {
+      'target': 0.99,
+      'training': {'train_images_per_s': 4000.0, 'achieved_gflops_analytic': 100.0},
+      'seeds': {'cold': {'time_to_target_seconds': {'mean': 5.0}}},
+      'peers': [{'peer': 'flax', 'steady_images_per_s': 2000.0, 'steady_gflops': 50.0,
+                 'time_to_99_s': 100.0},
+                {'peer': 'torch', 'error': 'not installed'}],
+  }
+  assert benchmark.peer_ratios(result) == {
+      'flax': {'train_images_per_s': 2.0, 'gflops': 2.0, 'time_to_99': 20.0}}
 
 
 def test_flop_counter_counts_convs_and_matmuls():
