@@ -23,6 +23,7 @@ a grey level or two of contrast stretch). Only numpy and Pillow: no TensorFlow, 
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import warnings
@@ -96,7 +97,6 @@ def open_image(path: str | os.PathLike, size: int = WORK_SIZE) -> Image.Image:
 
 def decode_image(data: bytes, name: str = 'image bytes', size: int = WORK_SIZE) -> Image.Image:
   """Decodes an encoded image held in memory (an upload), with the checks of `open_image`."""
-  import io  # pylint: disable=import-outside-toplevel
   if not data:
     raise ImageError(f'{name}: empty (0 bytes), not an image')
   return _decode(io.BytesIO(bytes(data)), name, size)
@@ -579,7 +579,6 @@ def render_photo_like(digit: np.ndarray, rng: np.random.Generator, size: int = 0
   (default: random 60-90) and decoded again. Used by the tests and `experiments/make_samples.py`
   to check `preprocess` against what people actually feed it.
   """
-  import io  # pylint: disable=import-outside-toplevel
   digit = np.asarray(digit, np.uint8).reshape(MNIST_SIZE, MNIST_SIZE)
   size = size or int(rng.integers(150, 330))
   ink = np.asarray(Image.fromarray(digit, 'L').resize((size, size), Image.Resampling.BICUBIC),

@@ -29,6 +29,7 @@ import binascii
 import concurrent.futures
 import contextlib
 import dataclasses
+import importlib.resources
 import io
 import logging
 import os
@@ -43,6 +44,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from mnist_flax import batching
 from mnist_flax import predict as predict_lib
@@ -156,7 +158,6 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def multipart_images(request: Request, body: bytes) -> list[tuple[str, bytes]]:
   """(name, bytes) of each `file` part of a multipart body already read (so already bounded)."""
-  from starlette.formparsers import MultiPartException  # pylint: disable=import-outside-toplevel
 
   async def replay():
     return {'type': 'http.request', 'body': body, 'more_body': False}
@@ -367,7 +368,6 @@ def _install_error_handlers(app: FastAPI):
 
 def page_html() -> str:
   """The drawing page, package data read once (no request path ever reaches the file system)."""
-  import importlib.resources  # pylint: disable=import-outside-toplevel
   return (importlib.resources.files('mnist_flax') / 'static' / 'index.html').read_text('utf-8')
 
 
