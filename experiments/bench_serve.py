@@ -156,6 +156,8 @@ def main(argv=None) -> int:
   parser.add_argument('--quick', action='store_true', help='few requests per run (a smoke run)')
   parser.add_argument('--seconds', type=float, default=60.0, help='time limit of each run')
   parser.add_argument('--clients', default='1,8,64')
+  parser.add_argument('--inputs', default='png,jpeg', help='png (canvas), jpeg (phone photos)')
+  parser.add_argument('--batching', default='on,off')
   parser.add_argument('--server-args', default='', help='extra `mnist-flax serve` flags')
   args = parser.parse_args(argv)
   scale = 0.05 if args.quick else 1.0
@@ -171,13 +173,13 @@ def main(argv=None) -> int:
   print('\n| batching | input | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors | '
         'label right | server RSS MB before -> after | images per predict call |')
   print('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
-  for batching in (True, False):
+  for batching in (b == 'on' for b in args.batching.split(',')):
     with tempfile.NamedTemporaryFile('w', prefix='bench_serve_', suffix='.log', delete=False) as log:
       flags = args.server_args.split() + ([] if batching else ['--no-batching'])
       process, port = start_server(flags, log)
       try:
         asyncio.run(drive(port, payloads['png'], 8, 200, 30))  # first-touch warm-up, not counted
-        for kind in ('png', 'jpeg'):
+        for kind in args.inputs.split(','):
           for clients in (int(c) for c in args.clients.split(',')):
             before, stats = rss_mb(process.pid), batch_stats(port)
             total = max(clients, int(counts[(kind, clients)] * scale))

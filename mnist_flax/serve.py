@@ -312,7 +312,11 @@ class Service:
     self.warm_up_seconds = time.perf_counter() - start
 
   async def warm_up(self):
-    await asyncio.get_running_loop().run_in_executor(self.pool, self._warm_up)
+    try:
+      await asyncio.get_running_loop().run_in_executor(self.pool, self._warm_up)
+    except Exception:  # pylint: disable=broad-except  (stays unhealthy: /healthz keeps 503)
+      log.exception('warm-up failed; the server stays unhealthy')
+      return
     self.ready.set()
     log.info('ready: %d batch shapes %s compiled in %.1f s; model %s', len(self.batcher.batch_sizes),
              self.batcher.batch_sizes, self.warm_up_seconds, self.name)

@@ -1,5 +1,5 @@
-"""A pretrained-model candidate for digits written outside MNIST (issue #15): the shipped
-`pretrained.py` recipe (fastcnn, same speed at prediction) with stronger warps.
+"""The model shipped in checkpoints/pretrained/ since issue #15: `pretrained.py`'s recipe
+(fastcnn, so the same speed at prediction) with stronger warps, for digits written outside MNIST.
 
 Drawings on the page, phone photos and other writers' digits differ from MNIST in slant, size,
 aspect and stroke shape more than in anything a 28x28 CNN cannot handle; wider affine ranges and
@@ -7,8 +7,9 @@ a mild elastic distortion (a third of Simard et al.'s strength, which cost accur
 RESULTS.md) train the model on more of that variety.
 
 Run:   nice -n 5 mnist-flax train --config experiments/configs/robust.py
-       mnist-flax export --workdir checkpoints/robust_run --out checkpoints/robust
-Reach: see checkpoints/README.md.
+       mnist-flax export --workdir checkpoints/robust_run --out checkpoints/pretrained --overwrite
+Reach: 99.49% on MNIST test (224 s of training on the shared 2-core CPU); 98.0% mean over the
+non-MNIST sets of experiments/handwriting.py (see checkpoints/README.md).
 """
 
 from mnist_flax import config as config_lib
