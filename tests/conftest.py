@@ -16,6 +16,9 @@ import sys
 # one that runs, and results do not depend on which test happened to start JAX first.
 os.environ.setdefault('JAX_NUM_CPU_DEVICES', '2')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# No persistent compilation cache for the CLI runs of the tests: ~/.cache/mnist_flax/xla is the
+# user's (and other processes write it meanwhile), and a test must not depend on what it holds.
+os.environ['MNIST_FLAX_CACHE'] = ''
 
 import pytest  # noqa: E402
 

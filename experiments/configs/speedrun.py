@@ -3,8 +3,11 @@
 Run:   mnist-flax train --config experiments/configs/speedrun.py
 Bench: python experiments/benchmark.py --config experiments/configs/speedrun.py --seeds 5 \
            --target 0.99 --phases
-Reach: see experiments/SPEED.md ("speedrun, issue #16") for the measured accuracy over 5 seeds,
-       the training and whole-process seconds (cold and warm compilation cache) and the machine.
+Reach: 99.29% mean test accuracy over seeds 0-4 (99.29, 99.29, 99.32, 99.28, 99.29; 99.0% at
+       epoch 2 in every seed). 2-core AMD EPYC (Zen 4), JAX 0.10.2, 2026-12-01, with other jobs
+       on the machine (load 6-9): 17.0 s of training and 23.1 s of process with a cold
+       compilation cache, 13.2 s / 17.9 s warm (same accuracies). Idle estimate ~6 s / ~9-11 s
+       (experiments/SPEED.md, issue #16; targets <= 5 s / <= 10 s: not shown).
 
 Why each choice (measurements in experiments/SPEED.md; chosen on the 5,000-image validation split,
 then trained here on all 60,000 with the test set only reported):
