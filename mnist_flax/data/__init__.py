@@ -70,9 +70,9 @@ def validation_count(requested: int, available: int, spec: DatasetSpec = MNIST) 
   if available >= spec.num_train or not requested:
     return requested
   scaled = requested * available // spec.num_train
-  logging.warning('the data source has %d training images, not %d: holding out %d for '
-                  'validation (config.validation_size=%d scaled)', available, spec.num_train,
-                  scaled, requested)
+  logging.getLogger(__name__).warning(
+      'the data source has %d training images, not %d: holding out %d for validation '
+      '(config.validation_size=%d scaled)', available, spec.num_train, scaled, requested)
   return scaled
 
 
