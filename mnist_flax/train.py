@@ -55,8 +55,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   # The workdir lock and the signal handlers are released here however training ends.
   with contextlib.ExitStack() as cleanup:
     config, mesh = prepare(config, workdir)
-    run = open_run(config, fresh, cleanup)  # fails in a second, before the data and compiling
-    t = build_training(config, mesh)
+    # The data before the checkpoint manager: no Orbax thread may run while a data source
+    # patches the file system (`tfds.testing.mock_data` does, around each TFDS read).
+    datasets = data.load_datasets(config)
+    run = open_run(config, fresh, cleanup)  # fails in a second, before compiling
+    t = build_training(config, mesh, datasets)
     state, totals, history = resume(run, t)
     start_run(run, t, history)
     step = int(state.step)
@@ -159,9 +162,9 @@ class Training:
     return sharding.replicated(self.mesh)
 
 
-def build_training(config, mesh) -> Training:
+def build_training(config, mesh, datasets: Optional[data.Datasets] = None) -> Training:
   """The set-up of `train_and_evaluate`, callable alone (the benchmark times its step)."""
-  datasets = data.load_datasets(config)
+  datasets = datasets if datasets is not None else data.load_datasets(config)
   n_train = len(datasets.train)
   steps_per_epoch = n_train // config.batch_size
   model = models.get_model(config)
