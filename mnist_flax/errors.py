@@ -4,8 +4,6 @@ The CLI prints these as one line and exits non-zero; anything else is a bug and 
 traceback.
 """
 
-import importlib
-
 
 class MnistFlaxError(Exception):
   """Base class of every expected, user-caused failure."""
@@ -41,15 +39,6 @@ class ImageError(MnistFlaxError, ValueError):
 
 class MissingExtraError(MnistFlaxError, ImportError):
   """A feature needs an optional package; the message says which extra installs it."""
-
-
-def require(module: str, extra: str, feature: str):
-  """Imports `module`, or raises MissingExtraError naming the extra that provides it."""
-  try:
-    return importlib.import_module(module)
-  except ImportError:
-    raise MissingExtraError(f'{feature} needs the optional package {module.split(".")[0]!r}: '
-                            f'pip install "mnist_flax[{extra}]"') from None
 
 
 class ImageTooLargeError(ImageError):
