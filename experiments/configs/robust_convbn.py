@@ -4,9 +4,11 @@ candidate for a model that holds on handwriting from outside MNIST (issue #15).
 Run:   nice -n 5 mnist-flax train --config experiments/configs/robust_convbn.py
 """
 
+import pathlib
+
 import ml_collections
 
-from mnist_flax.config import default_config
+from mnist_flax.config import default_config, load_config_file
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,10 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.num_epochs = 8
   config.validation_size = 0
-  config.augment.translate = 2.5  # robust.py's warps
-  config.augment.rotate = 15.0
-  config.augment.scale = 0.2
-  config.augment.shear = 12.0
-  config.augment.elastic_alpha = 10.0
-  config.augment.elastic_sigma = 4.0
+  # robust.py's warps, defined there once.
+  robust = load_config_file(pathlib.Path(__file__).with_name('robust.py'), validate=False)
+  config.augment = robust.augment
   return config
