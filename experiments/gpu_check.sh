@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One prepared GPU session (issue #5 and the accelerator rows of the README): timings of the
+# One prepared GPU session (issues #5 and #16, the accelerator rows of the README): timings of the
 # default and accelerator configs on the card, then a validation-scored sweep of the best.py
 # recipe (seeds, a longer schedule, one-trick-off ablations, elastic distortion) run as several
 # concurrent processes on the one GPU, then seed ensembles scored on validation and test.
 #
 #   OUT=gpu_out DEADLINE_S=500 bash experiments/gpu_check.sh
+#   OUT=gpu_out DEADLINE_S=500 ISSUE16=1 SKIP_TIMINGS=1 SWEEP=0 bash experiments/gpu_check.sh   # #16
 #
 # It works offline from a copy of this checkout: $MNIST_IDX_DIR (default .devdata/mnist) holds the
 # IDX files (read without TensorFlow: machines with JAX but no TensorFlow work). Wheels in .whl/ (missing small packages) are installed first; if the smoke
@@ -73,10 +74,25 @@ if [ "${SKIP_TIMINGS:-0}" != 1 ]; then
   train accelerator 150 --config experiments/configs/accelerator.py
 fi
 
+# 2b. Issue #16's recipes, one process at a time (ISSUE16=1): speedrun (5 seeds), fast995 and
+# fastbest (3 seeds each), best (3 seeds), each a whole `mnist-flax train` process; then the
+# reference CNN's images/s. summaries.jsonl has each run's accuracy and training seconds, the
+# log each process's wall time.
+if [ "${ISSUE16:-0}" = 1 ]; then
+  for s in 0 1 2 3 4; do train "speedrun-s$s" 60 --config experiments/configs/speedrun.py --config.seed=$s; done
+  for cfg in fast995 fastbest best; do
+    for s in 0 1 2; do train "$cfg-s$s" 300 --config "experiments/configs/$cfg.py" --config.seed=$s; done
+  done
+  timeout "$(( $(left) > 60 ? 60 : $(left) ))" $PY experiments/benchmark.py \
+    --config experiments/configs/default.py --steps 300 --peak-gflops 1 2>&1 | tee -a "$OUT/log.txt"
+fi
+
 # 3. The sweep: validation-scored (5,000 held out), several processes share the GPU.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.1
 BEST=(--config experiments/configs/best.py --config.validation_size=5000)
-if [ "${SWEEP:-1}" = 1 ]; then  # seeds, a longer schedule, one-trick-off ablations
+if [ "${SWEEP:-1}" = 0 ]; then
+JOBS=()
+elif [ "${SWEEP:-1}" = 1 ]; then  # seeds, a longer schedule, one-trick-off ablations
 JOBS=(
   "best-s0|${BEST[*]} --config.seed=0"
   "best-s1|${BEST[*]} --config.seed=1"
