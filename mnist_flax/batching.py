@@ -8,6 +8,11 @@ request for more (up to `max_batch` images), pads the batch to the smallest of a
 shapes, all compiled by `warm_up()` before the server reports healthy, and runs it on one
 dedicated thread, so the event loop keeps accepting requests while XLA computes.
 
+The default wait is zero: a request that finds the predict thread idle is dispatched at once,
+and those that arrive while it computes are taken together by the next call, so batches grow
+with the load by themselves. A positive `max_wait_s` trades a lone request's latency for
+fuller batches (worth it only where one call costs much more than the wait).
+
 With `enabled=False` every request is its own call (still padded to a compiled shape): the
 baseline that `experiments/bench_serve.py` compares against.
 """
@@ -56,7 +61,7 @@ class MicroBatcher:
   """
 
   def __init__(self, probabilities: Callable[[np.ndarray], np.ndarray],
-               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, max_wait_s: float = 0.003,
+               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, max_wait_s: float = 0.0,
                enabled: bool = True):
     self.probabilities = probabilities
     self.batch_sizes = check_batch_sizes(batch_sizes)

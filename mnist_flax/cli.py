@@ -293,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--port', type=int, default=8000, help='port (default 8000)')
   p.add_argument('--max-batch', type=_batch, default=64,
                  help='most images per predict call, a power of two (default 64)')
-  p.add_argument('--max-wait-ms', type=float, default=3.0,
-                 help='how long the first request of a batch waits for others (default 3 ms)')
+  p.add_argument('--max-wait-ms', type=float, default=0.0,
+                 help='how long the first request of a batch waits for others (default 0: '
+                      'dispatch at once; requests arriving meanwhile form the next batch)')
   p.add_argument('--no-batching', action='store_true', help='one predict call per request')
   p.add_argument('--max-images', type=int, default=16, help='images per request (default 16)')
   p.add_argument('--max-body-mb', type=float, default=10.0, help='request body limit (default 10 MiB)')

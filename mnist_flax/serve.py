@@ -64,7 +64,7 @@ class Settings:
   max_body_bytes: int = 10 * 2 ** 20  # a 12-megapixel phone JPEG is 3-6 MB
   max_images: int = 16  # per request
   batch_sizes: tuple[int, ...] = batching.DEFAULT_BATCH_SIZES
-  max_wait_ms: float = 3.0
+  max_wait_ms: float = 0.0  # dispatch at once when idle; batches form while predict is busy
   batching: bool = True
   preprocess_threads: int = 0  # 0: one per CPU core
 

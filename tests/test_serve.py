@@ -2,6 +2,7 @@
 client, every bad input of issue #15 one test, batching counted, and one live server drained
 by SIGTERM. The page in a real browser: tests/test_browser.py."""
 
+import asyncio
 import base64
 import concurrent.futures
 import io
@@ -21,7 +22,7 @@ pytest.importorskip('fastapi', reason="the 'serve' extra is not installed")
 pytest.importorskip('multipart', reason="the 'serve' extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mnist_flax import data, ensemble, predict, serve  # noqa: E402
+from mnist_flax import batching, data, ensemble, predict, serve  # noqa: E402
 from serve_helpers import LiveServer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -310,12 +311,12 @@ def _concurrent_posts(client, bodies):
     return list(pool.map(lambda b: client.post('/v1/predict', files=[('file', ('c.png', b))]), bodies))
 
 
-@pytest.mark.parametrize('batching', [True, False])
-def test_concurrent_requests_share_predict_calls(classifier, mnist_test, batching):
+@pytest.mark.parametrize('batching,max_wait_ms', [(True, 20.0), (True, 0.0), (False, 0.0)])
+def test_concurrent_requests_share_predict_calls(classifier, mnist_test, batching, max_wait_ms):
   images, labels = mnist_test
   gated = Gated(classifier)
-  app = serve.create_app(gated, serve.Settings(batch_sizes=(1, 2, 4, 8, 16), max_wait_ms=20,
-                                               batching=batching))
+  app = serve.create_app(gated, serve.Settings(batch_sizes=(1, 2, 4, 8, 16),
+                                               max_wait_ms=max_wait_ms, batching=batching))
   bodies = [_canvas_png(images[i]) for i in range(12)]
   with TestClient(app) as c:
     _wait_ready(c)
@@ -332,6 +333,32 @@ def test_concurrent_requests_share_predict_calls(classifier, mnist_test, batchin
     assert max(gated.sizes) >= 8
   else:
     assert stats.calls == 12 and gated.sizes == [1] * 12
+
+
+def test_idle_batcher_dispatches_a_lone_request_without_waiting(monkeypatch):
+  """The default (no max wait): a request that finds the predict thread idle never waits for
+  company; with a positive max wait the same request does wait (so the check can fail)."""
+  waits = []
+  real_wait_for = asyncio.wait_for
+
+  async def counting_wait_for(awaitable, timeout):
+    waits.append(timeout)
+    return await real_wait_for(awaitable, timeout)
+  monkeypatch.setattr(batching.asyncio, 'wait_for', counting_wait_for)
+
+  async def one_request(max_wait_s):
+    batcher = batching.MicroBatcher(lambda x: np.ones((len(x), 10), np.float32),
+                                    batch_sizes=(1, 2), max_wait_s=max_wait_s)
+    batcher.start()
+    probs = await batcher.submit(np.zeros((1, 28, 28), np.uint8))
+    await batcher.stop()
+    return probs.shape, batcher.stats.calls
+
+  assert serve.Settings().max_wait_ms == 0
+  assert asyncio.run(one_request(serve.Settings().max_wait_ms / 1000)) == ((1, 10), 1)
+  assert waits == []
+  assert asyncio.run(one_request(0.003)) == ((1, 10), 1)
+  assert waits and 0 < waits[0] <= 0.003
 
 
 def test_unhealthy_and_refusing_until_warm(classifier):
