@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -40,6 +41,9 @@ RUN_CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
 MAX_BATCH = 1024  # images per jitted call; smaller batches are padded to a power of two
 
 
+CACHE_MAX_BYTES = 512 * 2 ** 20  # the compilation cache's bound: ~200 runs' worth of programs
+
+
 def enable_compilation_cache(directory: str | pathlib.Path | None = None) -> Optional[pathlib.Path]:
   """Keeps XLA's compiled `predict` on disk, so later `mnist-flax predict` runs skip compiling.
 
@@ -59,6 +63,11 @@ def enable_compilation_cache(directory: str | pathlib.Path | None = None) -> Opt
     return None  # read-only home: compile every time, as without the cache
   jax.config.update('jax_compilation_cache_dir', str(directory))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  # Every config and batch shape adds entries (~1-3 MB each); without a bound the cache only
+  # grows. JAX evicts least recently used entries past the bound, but only with `filelock`
+  # (a core dependency; an environment without it keeps the unbounded cache rather than fail).
+  if importlib.util.find_spec('filelock') is not None:
+    jax.config.update('jax_compilation_cache_max_size', CACHE_MAX_BYTES)
   return pathlib.Path(directory)
 
 

@@ -274,3 +274,32 @@ def test_thin_pen_digits_are_thickened_and_recognised():
       seen = preprocess.preprocess(image)
       assert seen.max() == 255 and preprocess.stroke_width(seen > 127) >= 0.8  # unthickened: 0
       assert classifier.classify([image])[0].label == label, (width, label)
+
+
+_FILL_CACHE = '''
+import pathlib, sys
+import jax, jax.numpy as jnp
+from mnist_flax import predict
+predict.CACHE_MAX_BYTES = int(sys.argv[2])
+directory = predict.enable_compilation_cache(sys.argv[1])
+for i in range(12):  # twelve distinct programs (and the small ones building their inputs)
+  jax.jit(lambda x, i=i: jnp.sin(x) * i + jnp.cos(x) ** (i + 1))(jnp.ones((8, 8 + i))).block_until_ready()
+entries = [p for p in directory.iterdir() if p.name.endswith('-cache')]
+print(len(entries), sum(p.stat().st_size for p in entries))
+'''
+
+
+def test_compilation_cache_is_bounded(tmp_path):
+  """The persistent compilation cache evicts old entries past CACHE_MAX_BYTES (it only grew
+  before); the unbounded run shows the same programs do exceed the bound."""
+  def fill(directory, bound):
+    done = subprocess.run([sys.executable, '-c', _FILL_CACHE, str(directory), str(bound)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
+    count, size = map(int, done.stdout.split())
+    return count, size
+  bound = 20_000
+  unbounded = fill(tmp_path / 'unbounded', 10 ** 9)
+  bounded = fill(tmp_path / 'bounded', bound)
+  assert unbounded[0] >= 12 and unbounded[1] > bound, unbounded
+  assert 1 <= bounded[0] < unbounded[0] and bounded[1] <= bound, (bounded, unbounded)
+  assert predict.CACHE_MAX_BYTES >= 256 * 2 ** 20  # room for ~100 runs' programs
