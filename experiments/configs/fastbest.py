@@ -1,4 +1,4 @@
-"""`best`'s accuracy in well under its time (issue #16): a wide blockcnn with augmentation + EMA.
+"""Toward `best`'s accuracy in well under its time (issue #16): a wide blockcnn, augmentation, EMA.
 
 Run:   mnist-flax train --config experiments/configs/fastbest.py --config.seed=S
 Bench: python experiments/benchmark.py --config experiments/configs/fastbest.py --seeds 3 \
