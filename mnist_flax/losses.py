@@ -21,18 +21,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mnist_flax.registry import registrar
+
 Loss = Callable[..., jax.Array]
 LOSSES: dict[str, Loss] = {}
 
 
-def register(name: str) -> Callable[[Loss], Loss]:
-  """Function decorator: makes a loss selectable as `config.loss = name`."""
-  def wrap(fn):
-    if name in LOSSES:
-      raise ValueError(f'loss name {name!r} is already registered to {LOSSES[name].__name__}')
-    LOSSES[name] = fn
-    return fn
-  return wrap
+register = registrar(LOSSES, 'loss')
+register.__doc__ = 'Function decorator: makes a loss selectable as `config.loss = name`.'
 
 
 @register('cross_entropy')

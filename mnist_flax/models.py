@@ -7,24 +7,19 @@ one `@register('name')` line.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from mnist_flax.cpu_conv import conv_for_backend
+from mnist_flax.registry import registrar
 
 MODELS: dict[str, type[nn.Module]] = {}
 
 
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-  """Class decorator: makes a module selectable as `config.model = name`."""
-  def wrap(cls):
-    if name in MODELS:
-      raise ValueError(f'model name {name!r} is already registered to {MODELS[name].__name__}')
-    MODELS[name] = cls
-    return cls
-  return wrap
+register = registrar(MODELS, 'model')
+register.__doc__ = 'Class decorator: makes a module selectable as `config.model = name`.'
 
 
 @register('cnn')
