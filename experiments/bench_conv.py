@@ -1,5 +1,5 @@
 """Per-layer timing of ConvBN's convolutions: plain `lax.conv_general_dilated` against
-`mnist_flax.cpu_conv.cpu_conv`, forward and forward + both gradients (experiments/SPEED.md).
+`mnist_flax.models.cpu_conv.cpu_conv`, forward and forward + both gradients (experiments/SPEED.md).
 
     python experiments/bench_conv.py [--batch 64] [--repeats 20]
 
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mnist_flax.cpu_conv import cpu_conv
+from mnist_flax.models.cpu_conv import cpu_conv
 
 # ConvBN at its default widths: (input size, in channels, out channels, kernel, stride, padding)
 LAYERS = [(28, 1, 32, 3, 1, 'VALID'), (26, 32, 32, 3, 1, 'VALID'), (24, 32, 32, 5, 2, 'SAME'),

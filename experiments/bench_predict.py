@@ -54,7 +54,7 @@ def process_wall_times(workdir: str | None, runs: int, sample: pathlib.Path) -> 
 def batch_throughput(classifier, images: np.ndarray, batch_size: int, repeats: int) -> float:
   """Best images/s of `predict.predict` over all images in batches of `batch_size`."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_flax import predict  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import predict  # pylint: disable=import-outside-toplevel
   device = jax.local_devices()[0]
   n = len(images) - len(images) % batch_size
   batches = [jax.device_put(images[i:i + batch_size], device) for i in range(0, n, batch_size)]
@@ -70,7 +70,7 @@ def batch_throughput(classifier, images: np.ndarray, batch_size: int, repeats: i
 
 
 def preprocessing_ms(images: np.ndarray, count: int) -> tuple[float, float]:
-  from mnist_flax import preprocess  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import preprocess  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   for x in images[:count]:
     preprocess.preprocess(x)
@@ -97,7 +97,7 @@ def main():
   print(f'  wall: min {min(times):.2f} s, median {statistics.median(times):.2f} s over {len(times)} '
         f'runs (target < 3 s)')
 
-  from mnist_flax import export, predict  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import export, predict  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   images, labels = export.mnist_test_set()
   classifier = predict.load_classifier(args.workdir)

@@ -26,7 +26,8 @@ def build(config_file: str, variant: str):
   """The compiled train step of one variant and everything it needs to run."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mnist_flax import config as config_lib, models, sharding, train  # pylint: disable=import-outside-toplevel
+  from mnist_flax import config as config_lib, models  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import sharding, train
   config = config_lib.apply_overrides(config_lib.load_config_file(config_file, validate=False),
                                       [v for v in variant.split(';') if v])
   config_lib.validate_config(config)
@@ -67,7 +68,8 @@ def main(argv=None) -> list[dict]:
   parser.add_argument('--images', type=int, default=3000, help='images per variant and round')
   parser.add_argument('variants', nargs='*', default=[''])
   args = parser.parse_args(argv)
-  from mnist_flax import config as config_lib, sharding  # pylint: disable=import-outside-toplevel
+  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import sharding
   first = config_lib.load_config_file(args.config, validate=False)
   sharding.setup_cpu_devices(first.get('cpu_devices', 0), first.batch_size)
   variants = [build(args.config, v) for v in args.variants]

@@ -105,7 +105,7 @@ def machine_record() -> dict:
   import flax  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from mnist_flax import sharding  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import sharding  # pylint: disable=import-outside-toplevel
   return {
       'cpu': cpu_model(), 'cpu_cores': os.cpu_count(), 'platform': platform.platform(),
       'python': platform.python_version(), 'jax': jax.__version__, 'flax': flax.__version__,
@@ -192,7 +192,7 @@ def _peak_device_bytes() -> int | None:
 def measure_training(config, steps: int, warmup: int, inference: bool = True) -> dict:
   """Compile time, steady throughput and FLOP counts of the config's jitted train step."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_flax import sharding, train  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import sharding, train  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh()
   # The set-up of `train_and_evaluate` itself: data on the device, model, state, jitted step.
@@ -251,7 +251,8 @@ def measure_training(config, steps: int, warmup: int, inference: bool = True) ->
 def _measure_inference(config, model, state, test, mesh, repeats: int = 3) -> dict:
   """Images/s of the jitted `predict` (one batch) and of exact evaluation (whole test set)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_flax import predict, train  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import predict  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import train
   variables = state.variables()
   batch = test.images[:config.eval_batch_size]
   jax.block_until_ready(predict.predict(model, variables, batch))  # compile
@@ -588,7 +589,8 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> dict:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  from mnist_flax import config as config_lib, sharding  # pylint: disable=import-outside-toplevel
+  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import sharding
   config = config_lib.apply_overrides(config_lib.load_config_file(args.config, validate=False),
                                       overrides)
   config_lib.validate_config(config)

@@ -54,7 +54,8 @@ def leaf_hashes(tree) -> dict[str, str]:
 
 
 def run_one(name: str, idx_dir: str, workdir: pathlib.Path) -> dict:
-  from mnist_flax import config as config_lib, train  # pylint: disable=import-outside-toplevel
+  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import train
   path, overrides = RUNS[name]
   config = config_lib.load_config_file(REPO / path, validate=False)
   config = config_lib.apply_overrides(

@@ -142,7 +142,8 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 timeout $(( $(left) > 30 ? $(left) : 30 )) $PY - "$RUNS" "$OUT" >> "$OUT/ensembles.jsonl" 2>> "$OUT/log.txt" <<'EOF'
 import json, pathlib, sys
 import numpy as np
-from mnist_flax import data, ensemble, predict
+from mnist_flax import data
+from mnist_flax.inference import ensemble, predict
 runs, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 done = sorted(p.parent.name for p in runs.glob('*/summary.json')
               if json.loads(p.read_text()).get('validation_size') == 5000)

@@ -209,7 +209,7 @@ def make_set(source: str, kind: str, n: int, seed: int = 0, idx_dir=None):
 
 def evaluate(classifier, labels, images) -> dict:
   """Accuracy (a refusal counts as wrong), refusals, and mistakes as (index, label, guess)."""
-  from mnist_flax import preprocess  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import preprocess  # pylint: disable=import-outside-toplevel
   from mnist_flax.errors import ImageError  # pylint: disable=import-outside-toplevel
   seen, kept, refused = [], [], 0
   for i, data in enumerate(images):
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
   parser.add_argument('--idx-dir', default=None, help='MNIST IDX folder (default: $MNIST_IDX_DIR)')
   args = parser.parse_args(argv)
   import os  # pylint: disable=import-outside-toplevel
-  from mnist_flax import ensemble  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import ensemble  # pylint: disable=import-outside-toplevel
   idx_dir = args.idx_dir or os.environ.get('MNIST_IDX_DIR', '/work/shared/mnist')
   models = args.workdir or [None]
   classifiers = [ensemble.load_ensemble([m]) for m in models]

@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mnist_flax import export, preprocess
+from mnist_flax.inference import export, preprocess
 
 OUT = pathlib.Path(__file__).resolve().parent / 'samples'
 

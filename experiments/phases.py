@@ -61,7 +61,10 @@ def _timed(owner, name: str, label: str) -> None:
 def _instrument() -> None:
   t = time.perf_counter()
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_flax import checkpoints, cli, config, data, report, steps, writers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (timed as imports)
+  from mnist_flax import cli, config, data  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (timed as imports)
+  from mnist_flax.runs import checkpoints
+  from mnist_flax.reporting import report
+  from mnist_flax.training import steps, writers
   _add('imports', time.perf_counter() - t)
 
   def on_duration(event: str, seconds: float, **_):

@@ -49,13 +49,15 @@ def _load_config(args, overrides):
 
 def cmd_train(args, overrides):
   config = _load_config(args, overrides)
-  from mnist_flax import config as config_lib, predict, train  # pylint: disable=import-outside-toplevel
+  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import predict  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import train  # pylint: disable=import-outside-toplevel
   # The next run of the same config loads its compiled steps from disk instead of compiling
   # (speedrun on the loaded 2-core CPU: 23.1 -> 17.9 s per process; $MNIST_FLAX_CACHE='' turns
   # it off).
   predict.enable_compilation_cache()
   train.train_and_evaluate(config, fresh=args.fresh)
-  from mnist_flax import report  # pylint: disable=import-outside-toplevel
+  from mnist_flax.reporting import report  # pylint: disable=import-outside-toplevel
   workdir = config_lib.resolve_workdir(config)
   summary = report.read_summary(workdir)
   validation = (f'  validation accuracy {summary["validation_accuracy"]:.4f}'
@@ -67,7 +69,7 @@ def cmd_train(args, overrides):
 
 
 def cmd_eval(args, overrides):
-  from mnist_flax import train  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import train  # pylint: disable=import-outside-toplevel
   metrics = train.evaluate(args.workdir, checkpoint=args.checkpoint)
   print(f'test accuracy {metrics["accuracy"]:.4f}  test loss {metrics["loss"]:.4f}  '
         f'({metrics["correct"]}/{metrics["count"]} correct)  workdir: {args.workdir}')
@@ -75,7 +77,7 @@ def cmd_eval(args, overrides):
 
 
 def cmd_ensemble(args, overrides):
-  from mnist_flax import ensemble  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import ensemble  # pylint: disable=import-outside-toplevel
   result = ensemble.evaluate_ensemble(args.workdir, tta=args.tta, split=args.split)
   for member in result['members']:
     print(f'member {member["member"]}: {args.split} accuracy {member["accuracy"]:.4f} '
@@ -87,7 +89,7 @@ def cmd_ensemble(args, overrides):
 
 def cmd_explore(args, overrides):
   config = _load_config(args, overrides)
-  from mnist_flax import explore  # pylint: disable=import-outside-toplevel
+  from mnist_flax.reporting import explore  # pylint: disable=import-outside-toplevel
   result = explore.explore(config, args.out)
   counts = result['counts']
   for name, per_digit in counts.items():
@@ -97,7 +99,7 @@ def cmd_explore(args, overrides):
 
 
 def cmd_report(args, overrides):
-  from mnist_flax import report  # pylint: disable=import-outside-toplevel
+  from mnist_flax.reporting import report  # pylint: disable=import-outside-toplevel
   result = report.build_report(args.workdir, compare=args.compare or (), out_dir=args.out,
                                with_model=not args.no_model)
   analysis = result['analysis']
@@ -112,7 +114,7 @@ def cmd_predict(args, overrides):
   """Classifies image files; bad files are reported and the good ones still classified."""
   # Light imports only: JAX, Flax, Orbax, Pillow. Never TensorFlow/TFDS (start-up time).
   import json  # pylint: disable=import-outside-toplevel
-  from mnist_flax import ensemble, predict, preprocess  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import ensemble, predict, preprocess  # pylint: disable=import-outside-toplevel
   from mnist_flax.errors import ImageError  # pylint: disable=import-outside-toplevel
   predict.enable_compilation_cache()
   # One model is an ensemble of one: the same probabilities, one code path.
@@ -145,7 +147,7 @@ def cmd_predict(args, overrides):
 
 
 def cmd_export(args, overrides):
-  from mnist_flax import export  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import export  # pylint: disable=import-outside-toplevel
   summary = export.export_model(args.workdir, args.out, idx_dir=args.idx_dir,
                                 overwrite=args.overwrite, checkpoint=args.checkpoint)
   print(f'exported {args.workdir} -> {args.out} ({export.directory_size(args.out) / 1e6:.2f} MB); '
@@ -169,20 +171,21 @@ def cmd_serve(args, overrides):
       return EXIT_FAILURE
   import signal  # pylint: disable=import-outside-toplevel
   import uvicorn  # pylint: disable=import-outside-toplevel
-  from mnist_flax import batching, ensemble, predict, serve  # pylint: disable=import-outside-toplevel
+  from mnist_flax.serving import batching, api  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import ensemble, predict  # pylint: disable=import-outside-toplevel
   predict.enable_compilation_cache()
   classifier = ensemble.load_ensemble(args.workdir or [None], tta=args.tta,
                                       checkpoint=args.checkpoint)
   sizes = tuple(s for s in batching.DEFAULT_BATCH_SIZES if s < args.max_batch) + (args.max_batch,)
-  settings = serve.Settings(max_body_bytes=int(args.max_body_mb * 2 ** 20),
+  settings = api.Settings(max_body_bytes=int(args.max_body_mb * 2 ** 20),
                             max_images=min(args.max_images, args.max_batch), batch_sizes=sizes,
                             max_wait_ms=args.max_wait_ms, batching=not args.no_batching)
-  app = serve.create_app(classifier, settings)
+  app = api.create_app(classifier, settings)
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter('%(levelname)s:     %(message)s'))  # as uvicorn's
-  serve.log.addHandler(handler)
-  serve.log.setLevel(logging.INFO)
-  serve.log.propagate = False  # (absl may have given the root logger a handler too)
+  api.log.addHandler(handler)
+  api.log.setLevel(logging.INFO)
+  api.log.propagate = False  # (absl may have given the root logger a handler too)
   config = uvicorn.Config(app, host=args.host, port=args.port, access_log=args.access_log,
                           timeout_graceful_shutdown=args.drain_seconds, log_level='info')
   terminated = []

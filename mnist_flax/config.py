@@ -38,7 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict()
   config.dtype = 'float32'  # compute dtype; parameters stay float32
 
-  # Optimizer and schedule (mnist_flax/optim.py): any optax optimizer by name ('adam', 'adamw',
+  # Optimizer and schedule (mnist_flax/parts/optim.py): any optax optimizer by name ('adam', 'adamw',
   # 'lion', 'sgd', ...; aliases 'momentum' and 'nesterov' use config.momentum), with
   # optimizer_kwargs its other arguments; a schedule of optim.SCHEDULES.
   config.optimizer = 'adam'
@@ -49,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.weight_decay = 0.0
   config.schedule = 'warmup_cosine'
   config.warmup_epochs = 0.3
-  # The loss of training and evaluation (a name from mnist_flax.losses.LOSSES).
+  # The loss of training and evaluation (a name from mnist_flax.parts.losses.LOSSES).
   config.loss = 'cross_entropy'
   # 0.1 smoothing: +0.15 points at 3 epochs (99.40% vs 99.25%, seed 0), same cost (SPEED.md).
   config.label_smoothing = 0.1
@@ -59,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
   # min(decay, (1 + step) / (10 + step)); when > 0 the EMA weights are what is evaluated,
   # checkpointed as part of the state and returned by TrainState.variables().
   config.ema_decay = 0.0
-  # On-device augmentation of every training batch (mnist_flax/augment.py), drawn per image
+  # On-device augmentation of every training batch (mnist_flax/parts/augment.py), drawn per image
   # uniformly within these maxima; all zero = none. Evaluation never augments.
   config.augment = ml_collections.ConfigDict()
   config.augment.translate = 0.0  # pixels, per axis
@@ -121,7 +121,7 @@ def runtime_fields() -> ml_collections.ConfigDict:
   # speedrun.py saves; `mnist-flax report --workdir DIR` makes them later from the run directory).
   config.end_of_run_report = True
 
-  # Several processes / hosts (mnist_flax/distributed.py). distributed: 'auto' (start
+  # Several processes / hosts (mnist_flax/training/distributed.py). distributed: 'auto' (start
   # jax.distributed when a coordinator or num_processes > 1 is given, here or in
   # $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID), 'cluster' (let JAX detect
   # a TPU pod, SLURM or MPI) or 'off'.
@@ -291,7 +291,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
 def _validate_parts(get) -> None:
   """The names that pick a model, an optimizer, a schedule and a loss from their registries."""
   # Function-level imports: they pull in JAX, which the CLI may need to configure first.
-  from mnist_flax import losses, models, optim  # pylint: disable=import-outside-toplevel
+  from mnist_flax import models  # pylint: disable=import-outside-toplevel
+  from mnist_flax.parts import losses, optim  # pylint: disable=import-outside-toplevel
   _require(get('model') in models.MODELS, 'model', get('model'), f'one of {sorted(models.MODELS)}')
   _require(optim.optimizer_constructor(get('optimizer')) is not None, 'optimizer',
            get('optimizer'), 'an optax optimizer taking learning_rate (adam, adamw, lion, sgd, '
@@ -356,7 +357,7 @@ def _validate_runtime(get) -> None:
            'must be >= 0 (0 = never wait)')
   _require(get('cpu_devices') >= -1, 'cpu_devices', get('cpu_devices'),
            '-1 (one per core), 0 (leave JAX alone) or a device count')
-  # Several processes (mnist_flax/distributed.py checks the combination with the environment).
+  # Several processes (mnist_flax/training/distributed.py checks the combination with the environment).
   _require(get('distributed') in ('auto', 'cluster', 'off'), 'distributed', get('distributed'),
            "'auto', 'cluster' or 'off'")
   _require(get('num_processes') >= 0, 'num_processes', get('num_processes'),
@@ -371,7 +372,8 @@ def _validate_runtime(get) -> None:
 
 def _validate_kwargs(config, get) -> None:
   """model_kwargs and optimizer_kwargs fit their constructors (built, nothing computed)."""
-  from mnist_flax import models, optim  # pylint: disable=import-outside-toplevel  (see above)
+  from mnist_flax import models  # pylint: disable=import-outside-toplevel  (see above)
+  from mnist_flax.parts import optim  # pylint: disable=import-outside-toplevel  (see above)
   try:
     models.get_model(config)
   except TypeError as e:

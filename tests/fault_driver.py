@@ -18,7 +18,7 @@ os.environ.setdefault('JAX_NUM_CPU_DEVICES', '2')
 
 
 def _at_step(step: int, signum: int) -> None:
-  from mnist_flax import preemption  # pylint: disable=import-outside-toplevel
+  from mnist_flax.runs import preemption  # pylint: disable=import-outside-toplevel
   original = preemption.SavePolicy.should_save
 
   def should_save(self, current):

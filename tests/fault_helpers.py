@@ -41,7 +41,7 @@ def reference_run(idx_dir, tfds_dir, tmp_path_factory):
   Each test module that imports this fixture gets its own instance; the cache makes them share
   one training.
   """
-  from mnist_flax import train
+  from mnist_flax.training import train
   key = (str(idx_dir), str(tfds_dir))
   if key not in _REFERENCE:
     workdir = tmp_path_factory.mktemp('reference') / 'run'
@@ -71,7 +71,7 @@ def steps_on_disk(workdir) -> list[int]:
 def state_leaves(workdir, step=None) -> list[np.ndarray]:
   """Every array of a run's restored TrainState (params, optimizer state, step), on the host."""
   import jax
-  from mnist_flax import train
+  from mnist_flax.training import train
   _, _, state, _ = train.restore_state(workdir, step)
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
@@ -90,5 +90,5 @@ def assert_bit_identical(workdir, reference):
 
 def history(workdir) -> list[dict]:
   """metrics.jsonl without the wall-clock seconds (the only field a resume may change)."""
-  from mnist_flax import report
+  from mnist_flax.reporting import report
   return [{k: v for k, v in r.items() if k != 'seconds'} for r in report.read_metrics(workdir)]

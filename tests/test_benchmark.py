@@ -104,7 +104,8 @@ def test_unoptimized_init_compile_gives_the_same_parameters(tiny_config):
   import functools
   import jax
   import numpy as np
-  from mnist_flax import models, sharding, train
+  from mnist_flax import models
+  from mnist_flax.training import sharding, train
   mesh = sharding.make_mesh()
   model = models.get_model(tiny_config)
   rng = jax.random.PRNGKey(3)

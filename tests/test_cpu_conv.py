@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from mnist_flax import cpu_conv, models
-from mnist_flax.cpu_conv import conv_for_backend
+from mnist_flax import models
+from mnist_flax.models import cpu_conv
+from mnist_flax.models.cpu_conv import conv_for_backend
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import run_cli, tiny_overrides
 from mirror import Mirror
-from mnist_flax import config as config_lib, data, train
+from mnist_flax import config as config_lib, data
+from mnist_flax.training import train
 from mnist_flax.data import download
 from mnist_flax.errors import DataError, MissingExtraError
 

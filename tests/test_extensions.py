@@ -13,7 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import config as config_lib, data, inference, losses, metrics, models, report, train
+from mnist_flax import config as config_lib, data, models
+from mnist_flax.models import forward
+from mnist_flax.parts import losses, metrics
+from mnist_flax.reporting import report
+from mnist_flax.training import train
 from mnist_flax.errors import ConfigError
 
 
@@ -92,7 +96,7 @@ def test_a_registered_loss_is_used_by_training_and_evaluation(tiny_config):
   state, workdir, records = _train(config)
   test = data.load_datasets(config).test
   model = models.get_model(config)
-  logits = np.concatenate([inference.predict_logits(model, state.variables(), test.images[i:i + 1000])
+  logits = np.concatenate([forward.predict_logits(model, state.variables(), test.images[i:i + 1000])
                            for i in range(0, len(test), 1000)])
   expected = float(np.mean(_squared_error(jnp.asarray(logits), jnp.asarray(test.labels))))
   assert records[-1]['test_loss'] == pytest.approx(expected, rel=1e-4)

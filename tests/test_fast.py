@@ -14,10 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import (augment, checkpoints, cli, config as config_lib, data, distributed,
-                        ensemble, evaluation, explore, export, inference, losses, metrics, models,
-                        optim, plots, predict, preemption, preprocess, report, rundir, sharding,
-                        steps, train, writers)
+from mnist_flax import cli, config as config_lib, data, models
+from mnist_flax.parts import augment, losses, metrics, optim
+from mnist_flax.runs import checkpoints, preemption, rundir
+from mnist_flax.training import distributed, evaluation, sharding, steps, train, writers
+from mnist_flax.inference import ensemble, export, predict, preprocess
+from mnist_flax.reporting import explore, plots, report
+from mnist_flax.models import forward
 from mnist_flax.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.fast
@@ -82,10 +85,10 @@ def test_pure_pieces():
   totals = jax.device_get(sums(jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), jnp.array([0, 2]),
                                jnp.array([True, False])))
   assert metrics.compute(totals)['accuracy'] == 1.0 and int(totals['count']) == 1
-  images, batch_labels, mask = inference.padded_batches(np.ones((5, 2, 2, 1), np.uint8),
+  images, batch_labels, mask = forward.padded_batches(np.ones((5, 2, 2, 1), np.uint8),
                                                         np.arange(5), 4)
   assert images.shape == (2, 4, 2, 2, 1) and mask.sum() == 5 and batch_labels[1, 1:].sum() == 0
-  assert inference.nonfinite_leaves({'a': np.array([1.0, np.nan]), 'b': np.ones(2)}) == ["['a']"]
+  assert forward.nonfinite_leaves({'a': np.array([1.0, np.nan]), 'b': np.ones(2)}) == ["['a']"]
   x = jnp.ones((2, 28, 28, 1))
   assert augment.augment_batch(jax.random.PRNGKey(0), x, augment.AugmentSpec()) is x
   config = config_lib.default_config()

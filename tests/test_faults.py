@@ -17,7 +17,9 @@ import pytest
 from conftest import REPO
 from fault_helpers import (assert_bit_identical, copy_run, make_config, overrides,  # noqa: F401
                            reference_run, state_leaves, steps_on_disk)
-from mnist_flax import checkpoints, config as config_lib, train
+from mnist_flax import config as config_lib
+from mnist_flax.runs import checkpoints
+from mnist_flax.training import train
 from mnist_flax.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
@@ -153,7 +155,7 @@ def test_settings_that_do_not_change_the_numbers_may_change_on_resume():
 
 _HOLD_LOCK = '''
 import sys, time
-from mnist_flax import checkpoints
+from mnist_flax.runs import checkpoints
 checkpoints.WorkdirLock(sys.argv[1]).acquire()
 print('locked', flush=True)
 time.sleep(600)

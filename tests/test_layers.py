@@ -39,8 +39,8 @@ def test_the_package_keeps_its_layers():
 
 
 @pytest.mark.parametrize('module, bad_import', [
-    ('rundir.py', 'from mnist_flax import train'),  # an upward import that makes a circle
-    ('config.py', 'from mnist_flax import steps'),  # the circle issue #14 found (config -> train)
+    ('runs/rundir.py', 'from mnist_flax.training import train'),  # an upward import that makes a circle
+    ('config.py', 'from mnist_flax.training import steps'),  # the circle issue #14 found (config -> train)
 ])
 def test_an_added_circle_fails_the_check(tmp_path, module, bad_import):
   shutil.copytree(PACKAGE, tmp_path / 'mnist_flax', ignore=shutil.ignore_patterns('__pycache__'))
@@ -68,7 +68,7 @@ def test_no_function_is_longer_than_a_screen():
 
 def test_train_and_evaluate_reads_in_one_screen():
   (node,) = [n for path, n in _functions()
-             if str(path) == 'train.py' and n.name == 'train_and_evaluate']
+             if str(path) == 'training/train.py' and n.name == 'train_and_evaluate']
   assert node.end_lineno - node.lineno + 1 <= TRAIN_AND_EVALUATE_LINES
 
 

@@ -13,7 +13,9 @@ import jax
 import pytest
 
 from conftest import tiny_overrides
-from mnist_flax import config as config_lib, distributed, report, train
+from mnist_flax import config as config_lib
+from mnist_flax.training import distributed, train
+from mnist_flax.reporting import report
 from mnist_flax.errors import ConfigError
 from test_sharding import assert_params_close, start_cli
 

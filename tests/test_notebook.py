@@ -13,7 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import REPO
-from mnist_flax import report
+from mnist_flax.reporting import report
 
 NOTEBOOK = REPO / 'experiments' / 'mnist.ipynb'
 

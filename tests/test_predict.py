@@ -1,4 +1,4 @@
-"""Prediction (mnist_flax/predict.py, export.py, `mnist-flax predict`): checkpoint round trip,
+"""Prediction (mnist_flax/inference/predict.py, export.py, `mnist-flax predict`): checkpoint round trip,
 bad checkpoints and files, the CLI without TensorFlow, and the shipped pretrained model."""
 
 import json
@@ -12,7 +12,10 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from mnist_flax import augment, config as config_lib, export, predict, preprocess, train
+from mnist_flax import config as config_lib
+from mnist_flax.parts import augment
+from mnist_flax.inference import export, predict, preprocess
+from mnist_flax.training import train
 from mnist_flax.errors import CheckpointError, ConfigError
 
 SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))
@@ -175,7 +178,7 @@ def test_cli_predict_good_and_bad_files_without_tensorflow(tiny_run, tmp_path, r
 
 def test_ensemble_and_tta_in_predict_average_the_members_probabilities(tiny_run, mnist_test,
                                                                        real_data_env):
-  from mnist_flax import ensemble
+  from mnist_flax.inference import ensemble
   images = mnist_test[0][:300]
   run = tiny_run['run']
   steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
@@ -279,7 +282,7 @@ def test_thin_pen_digits_are_thickened_and_recognised():
 _FILL_CACHE = '''
 import pathlib, sys
 import jax, jax.numpy as jnp
-from mnist_flax import predict
+from mnist_flax.inference import predict
 predict.CACHE_MAX_BYTES = int(sys.argv[2])
 directory = predict.enable_compilation_cache(sys.argv[1])
 for i in range(12):  # twelve distinct programs (and the small ones building their inputs)

@@ -1,4 +1,4 @@
-"""MNIST-style preprocessing (mnist_flax/preprocess.py): no model, numpy and Pillow only."""
+"""MNIST-style preprocessing (mnist_flax/inference/preprocess.py): no model, numpy and Pillow only."""
 
 import io
 import struct
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_flax import data, preprocess as pp
+from mnist_flax import data
+from mnist_flax.inference import preprocess as pp
 from mnist_flax.errors import ImageError
 
 

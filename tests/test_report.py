@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli, tiny_overrides
-from mnist_flax import cli, config as config_lib, explore, report, train
+from mnist_flax import cli, config as config_lib
+from mnist_flax.reporting import explore, report
+from mnist_flax.training import train
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -185,7 +187,7 @@ import matplotlib
 matplotlib.use('svg')
 import matplotlib.pyplot as plt
 import numpy as np
-from mnist_flax import report
+from mnist_flax.reporting import report
 confusion = np.diag(np.full(10, 100)) + 1
 report.plot_per_class_accuracy(confusion, {str(tmp_path / 'per_class.png')!r})
 report.plot_confusion_matrix(confusion, {str(tmp_path / 'confusion.png')!r})

@@ -12,7 +12,7 @@ import pytest
 
 from fault_helpers import (CHECKPOINT_STEPS, TOTAL_STEPS, assert_bit_identical, drive,  # noqa: F401
                            reference_run, steps_on_disk)
-from mnist_flax import checkpoints, preemption
+from mnist_flax.runs import checkpoints, preemption
 from mnist_flax.errors import CheckpointError
 
 
@@ -91,7 +91,7 @@ def test_best_needs_a_validation_split(tmp_path):
 
 
 def test_reference_run_keeps_latest_two_plus_best(reference_run):
-  from mnist_flax import report
+  from mnist_flax.reporting import report
   records = report.read_metrics(reference_run)
   best = max(records, key=lambda r: (r['validation_accuracy'], r['step']))['step']
   assert checkpoints.select_step(reference_run, 'best') == best
@@ -99,7 +99,8 @@ def test_reference_run_keeps_latest_two_plus_best(reference_run):
 
 
 def test_eval_picks_latest_or_best(reference_run, capsys):
-  from mnist_flax import cli, report
+  from mnist_flax import cli
+  from mnist_flax.reporting import report
   records = {r['step']: r for r in report.read_metrics(reference_run)}
   for which in ('latest', 'best'):
     step = checkpoints.select_step(reference_run, which)

@@ -1,4 +1,4 @@
-"""`mnist-flax serve` (mnist_flax/serve.py, batching.py): the API through FastAPI's in-process
+"""`mnist-flax serve` (mnist_flax/serving/api.py, batching.py): the API through FastAPI's in-process
 client, every bad input of issue #15 one test, batching counted, and one live server drained
 by SIGTERM. The page in a real browser: tests/test_browser.py."""
 
@@ -22,7 +22,9 @@ pytest.importorskip('fastapi', reason="the 'serve' extra is not installed")
 pytest.importorskip('multipart', reason="the 'serve' extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mnist_flax import batching, data, ensemble, predict, serve  # noqa: E402
+from mnist_flax import data  # noqa: E402
+from mnist_flax.serving import batching, api
+from mnist_flax.inference import ensemble, predict
 from serve_helpers import LiveServer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -69,7 +71,7 @@ def _wait_ready(client, seconds=120):
 
 @pytest.fixture(scope='module')
 def client(classifier):
-  app = serve.create_app(classifier, serve.Settings(max_body_bytes=2 * 2 ** 20, max_images=8,
+  app = api.create_app(classifier, api.Settings(max_body_bytes=2 * 2 ** 20, max_images=8,
                                                     batch_sizes=(1, 2, 4, 8)))
   with TestClient(app) as c:
     _wait_ready(c)
@@ -291,7 +293,7 @@ def test_bad_query_is_422(client, still_serves):
 
 
 @pytest.mark.parametrize('path', ['/../../etc/passwd', '/%2e%2e/%2e%2e/etc/passwd',
-                                  '/static/../pyproject.toml', '/mnist_flax/serve.py',
+                                  '/static/../pyproject.toml', '/mnist_flax/serving/api.py',
                                   '/index.html', '/static/index.html'])
 def test_paths_never_reach_the_file_system(client, path):
   response = client.get(path)
@@ -315,7 +317,7 @@ def _concurrent_posts(client, bodies):
 def test_concurrent_requests_share_predict_calls(classifier, mnist_test, batching, max_wait_ms):
   images, labels = mnist_test
   gated = Gated(classifier)
-  app = serve.create_app(gated, serve.Settings(batch_sizes=(1, 2, 4, 8, 16),
+  app = api.create_app(gated, api.Settings(batch_sizes=(1, 2, 4, 8, 16),
                                                max_wait_ms=max_wait_ms, batching=batching))
   bodies = [_canvas_png(images[i]) for i in range(12)]
   with TestClient(app) as c:
@@ -354,8 +356,8 @@ def test_idle_batcher_dispatches_a_lone_request_without_waiting(monkeypatch):
     await batcher.stop()
     return probs.shape, batcher.stats.calls
 
-  assert serve.Settings().max_wait_ms == 0
-  assert asyncio.run(one_request(serve.Settings().max_wait_ms / 1000)) == ((1, 10), 1)
+  assert api.Settings().max_wait_ms == 0
+  assert asyncio.run(one_request(api.Settings().max_wait_ms / 1000)) == ((1, 10), 1)
   assert waits == []
   assert asyncio.run(one_request(0.003)) == ((1, 10), 1)
   assert waits and 0 < waits[0] <= 0.003
@@ -364,7 +366,7 @@ def test_idle_batcher_dispatches_a_lone_request_without_waiting(monkeypatch):
 def test_unhealthy_and_refusing_until_warm(classifier):
   gated = Gated(classifier)
   gated.gate.clear()  # warm-up cannot finish
-  app = serve.create_app(gated, serve.Settings(batch_sizes=(1, 2), max_images=2))
+  app = api.create_app(gated, api.Settings(batch_sizes=(1, 2), max_images=2))
   with TestClient(app) as c:
     assert c.get('/healthz').status_code == 503
     response = c.post('/v1/predict', content=PHOTO.read_bytes(), headers={'content-type': 'image/jpeg'})

@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli, tiny_overrides
-from mnist_flax import config as config_lib, models, report, sharding, train
+from mnist_flax import config as config_lib, models
+from mnist_flax.reporting import report
+from mnist_flax.training import sharding, train
 from mnist_flax.errors import ConfigError
 
 ATOL, RTOL = 2e-5, 1e-4

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnist_flax import config as config_lib, models, report, train
+from mnist_flax import config as config_lib, models
+from mnist_flax.reporting import report
+from mnist_flax.training import train
 
 
 def count_params(tree):

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mnist_flax import config as config_lib, data, report, train
+from mnist_flax import config as config_lib, data
+from mnist_flax.reporting import report
+from mnist_flax.training import train
 from mnist_flax.errors import CheckpointError
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'curves.png', 'checkpoints', 'tensorboard')

@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_overrides
-from mnist_flax import augment, cli, config as config_lib, data, ensemble, models, train
+from mnist_flax import cli, config as config_lib, data, models
+from mnist_flax.parts import augment
+from mnist_flax.inference import ensemble
+from mnist_flax.training import train
 from mnist_flax.errors import ConfigError
-from mnist_flax import predict as predict_lib
-from mnist_flax.predict import predict
+from mnist_flax.inference import predict as predict_lib
+from mnist_flax.inference.predict import predict
 
 SPEC = augment.AugmentSpec(translate=2, rotate=15, scale=0.1, shear=10, elastic_alpha=8,
                            elastic_sigma=4)

@@ -22,8 +22,8 @@ if MODE:
   import jax
   from jax.sharding import PartitionSpec as P
 
-  from mnist_flax import sharding, train
-  from mnist_flax.predict import to_float
+  from mnist_flax.training import sharding, train
+  from mnist_flax.inference.predict import to_float
 
   def make_train_step(config, model, mesh):
     n = mesh.devices.size

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from typing import NamedTuple
 
-from mnist_flax import rundir
+from mnist_flax.runs import rundir
 from mnist_flax.data.idx import IDX_FILES, OFFLINE_HELP
 from mnist_flax.errors import DataError
 

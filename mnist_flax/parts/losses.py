@@ -6,7 +6,7 @@ over the batch; evaluation calls it with `label_smoothing=0.0` (the plain loss, 
 between runs) and sums over the unpadded examples. Adding a loss is one function and one
 `@register('name')` line, here or in your own code:
 
-    from mnist_flax import losses
+    from mnist_flax.parts import losses
 
     @losses.register('squared_error')
     def squared_error(logits, labels, *, label_smoothing=0.0):

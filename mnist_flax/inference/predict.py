@@ -1,6 +1,6 @@
 """Restored classifiers: load a run directory or an exported model, classify images.
 
-* `predict(model, variables, images)`: the one predict function (inference.py, re-exported
+* `predict(model, variables, images)`: the one predict function (forward.py, re-exported
   here), pure and jitted, class probabilities for a batch of images; training's evaluation runs
   the same forward pass (`predict_logits`).
 * `load_classifier(directory)`: restores the inference variables (params, plus batch_stats, or
@@ -30,11 +30,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import inference, models, rundir
+from mnist_flax import models
+from mnist_flax.models import forward
+from mnist_flax.runs import rundir
 from mnist_flax.data.spec import DATASETS, MNIST
 from mnist_flax.errors import CheckpointError
-from mnist_flax.inference import predict, predict_logits, to_float  # noqa: F401  (re-exported)
-from mnist_flax.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
+from mnist_flax.models.forward import predict, predict_logits, to_float  # noqa: F401  (re-exported)
+from mnist_flax.runs.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
 
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / 'checkpoints' / 'pretrained'
 RUN_CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
@@ -101,7 +103,7 @@ def _model_of(config, directory: pathlib.Path):
 
 def abstract_variables(model, sharding, image_shape: Optional[tuple] = None) -> dict:
   """Shapes and dtypes of `model`'s inference variables, placed with `sharding` (no compute)."""
-  return inference.abstract_variables(model, sharding, image_shape or MNIST.image_shape)
+  return forward.abstract_variables(model, sharding, image_shape or MNIST.image_shape)
 
 
 def _restore(path: pathlib.Path, item: dict, partial: bool, directory: pathlib.Path) -> dict:
@@ -156,7 +158,7 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
                           f'--config.workdir={directory}')
   if str(checkpoint) != 'latest':
     # Imported here: only 'best' and step numbers need the checkpoint manager (start-up time).
-    from mnist_flax import checkpoints  # pylint: disable=import-outside-toplevel
+    from mnist_flax.runs import checkpoints  # pylint: disable=import-outside-toplevel
     candidates = [checkpoints.select_step(directory, checkpoint)]
   key = 'ema' if config.get('ema_decay', 0.0) > 0 else None
   item = {'state': {key: target} if key else target}
@@ -180,7 +182,7 @@ def _dataset(config, directory: pathlib.Path):
 
 
 def _require_finite_weights(variables: dict, directory: pathlib.Path) -> dict:
-  if not jax.tree.leaves(variables) or inference.nonfinite_leaves(variables):
+  if not jax.tree.leaves(variables) or forward.nonfinite_leaves(variables):
     raise CheckpointError(f'{directory}: the checkpoint holds NaN or infinite weights (corrupt, or '
                           'saved from a diverged run)')
   return variables
@@ -241,7 +243,7 @@ class ClassifierBase:
 
   def classify(self, inputs: Iterable[Any], top_k: int = 3) -> list[Prediction]:
     """File paths, numpy arrays or PIL images -> one Prediction each (ImageError on a bad one)."""
-    from mnist_flax import preprocess as prep  # pylint: disable=import-outside-toplevel  (PIL)
+    from mnist_flax.inference import preprocess as prep  # pylint: disable=import-outside-toplevel  (PIL)
     inputs = list(inputs)
     images = (np.stack([prep.preprocess(x) for x in inputs]) if inputs
               else np.zeros((0,) + MNIST.image_shape[:2], np.uint8))
@@ -266,7 +268,7 @@ class Classifier(ClassifierBase):
     out = []
     for start in range(0, len(images), MAX_BATCH):
       chunk = images[start:start + MAX_BATCH]
-      chunk = inference.pad_to(chunk, _bucket(len(chunk)))
+      chunk = forward.pad_to(chunk, _bucket(len(chunk)))
       out.append(np.asarray(predict(self.model, self.variables, chunk)))
     return np.concatenate(out)[:len(images)] if out else np.zeros((0, MNIST.num_classes), np.float32)
 
@@ -307,7 +309,7 @@ def classify(inputs: Iterable[Any], workdir: str | pathlib.Path | None = None,
              top_k: int = 3) -> list[Prediction]:
   """Classifies digit images (paths, arrays, PIL images) with a run's model or the pretrained one.
 
-      from mnist_flax.predict import classify
+      from mnist_flax.inference.predict import classify
       [p.label for p in classify(['my_seven.jpg'])]        # -> [7]
   """
   return _cached_classifier(str(workdir or '')).classify(inputs, top_k)
@@ -320,7 +322,8 @@ def save_figure(predictions: Sequence[Prediction], path: str | pathlib.Path):
   middle panel. Matplotlib is imported only here.
   """
   # pylint: disable=import-outside-toplevel  (matplotlib and PIL only when a figure is asked for)
-  from mnist_flax import plots, preprocess as prep
+  from mnist_flax.reporting import plots
+  from mnist_flax.inference import preprocess as prep
   plt = plots.pyplot()  # standalone figures: no backend switch
   rows = len(predictions)
   fig, axes = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), squeeze=False,

@@ -6,7 +6,7 @@ device; at the end of an epoch the host divides by the example count. Each metri
 `train_<m>`, `test_<m>` and `validation_<m>` in the epoch record, hence in metrics.jsonl,
 TensorBoard, the console line and report.md's epoch table. Adding one is a function and one line:
 
-    from mnist_flax import metrics
+    from mnist_flax.parts import metrics
 
     @metrics.register('top2_accuracy', dtype=jnp.int32)
     def top2(out):

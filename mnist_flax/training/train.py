@@ -29,14 +29,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import (checkpoints, config as config_lib, data, distributed, losses, metrics,
-                        models, optim, preemption, report, rundir, sharding, steps, writers)
+from mnist_flax import config as config_lib, data, models
+from mnist_flax.runs import checkpoints, preemption, rundir
+from mnist_flax.training import distributed, sharding, steps, writers
+from mnist_flax.parts import losses, metrics, optim
+from mnist_flax.reporting import report
 from mnist_flax.errors import NonFiniteLossError
 # Re-exported: code and tests written before issue #14 split this module find them here.
-from mnist_flax.evaluation import evaluate, restore_state  # noqa: F401
-from mnist_flax.losses import cross_entropy  # noqa: F401
-from mnist_flax.optim import SCHEDULES, make_optimizer  # noqa: F401
-from mnist_flax.steps import (INIT_COMPILER_OPTIONS, Evaluator, TrainState,  # noqa: F401
+from mnist_flax.training.evaluation import evaluate, restore_state  # noqa: F401
+from mnist_flax.parts.losses import cross_entropy  # noqa: F401
+from mnist_flax.parts.optim import SCHEDULES, make_optimizer  # noqa: F401
+from mnist_flax.training.steps import (INIT_COMPILER_OPTIONS, Evaluator, TrainState,  # noqa: F401
                               create_train_state, ema_update, epoch_permutation, eval_step,
                               gather_batch, init_train_state, make_train_step, train_metrics,
                               train_step, zero_metrics)

@@ -33,10 +33,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mnist_flax import inference, metrics, rundir
+from mnist_flax.models import forward
+from mnist_flax.parts import metrics
+from mnist_flax.runs import rundir
 from mnist_flax.config import RUNTIME_FIELDS
 from mnist_flax.errors import CheckpointError, NonFiniteLossError
-from mnist_flax.rundir import CHECKPOINT_DIR, LOCK_FILE, SKIPPED_DIR, move_run_aside  # noqa: F401
+from mnist_flax.runs.rundir import CHECKPOINT_DIR, LOCK_FILE, SKIPPED_DIR, move_run_aside  # noqa: F401
 # Validation metrics that can pick the 'best' checkpoint, with whether larger is better.
 BEST_METRICS = {'validation_accuracy': True, 'validation_loss': False}
 SELECTIONS = ('latest', 'best')
@@ -75,7 +77,7 @@ def _digest(leaves: list[tuple[str, np.ndarray]]) -> str:
 
 
 def _nonfinite(leaves: list[tuple[str, np.ndarray]]) -> list[str]:
-  return inference.nonfinite_leaves(leaves)
+  return forward.nonfinite_leaves(leaves)
 
 
 def saved_metrics(totals: dict) -> dict:

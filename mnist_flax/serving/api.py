@@ -46,12 +46,12 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from mnist_flax import batching
-from mnist_flax import predict as predict_lib
-from mnist_flax import preprocess as prep
+from mnist_flax.serving import batching
+from mnist_flax.inference import predict as predict_lib
+from mnist_flax.inference import preprocess as prep
 from mnist_flax.errors import ImageError, ImageTooLargeError, NoDigitError
 
-log = logging.getLogger('mnist_flax.serve')
+log = logging.getLogger('mnist_flax.serving.api')
 
 JSON_TYPE, MULTIPART_TYPE = 'application/json', 'multipart/form-data'
 VALID_TYPES = (f'{MULTIPART_TYPE} (one "file" field per image), {JSON_TYPE} '
@@ -368,7 +368,7 @@ def _install_error_handlers(app: FastAPI):
 
 def page_html() -> str:
   """The drawing page, package data read once (no request path ever reaches the file system)."""
-  return (importlib.resources.files('mnist_flax') / 'static' / 'index.html').read_text('utf-8')
+  return (importlib.resources.files('mnist_flax.serving') / 'static' / 'index.html').read_text('utf-8')
 
 
 def create_app(classifier, settings: Settings = Settings()) -> FastAPI:

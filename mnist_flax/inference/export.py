@@ -21,7 +21,9 @@ import shutil
 import jax
 import numpy as np
 
-from mnist_flax import data, predict, rundir
+from mnist_flax import data
+from mnist_flax.inference import predict
+from mnist_flax.runs import rundir
 from mnist_flax.errors import CheckpointError
 
 

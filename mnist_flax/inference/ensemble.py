@@ -27,10 +27,11 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from mnist_flax import augment, data
-from mnist_flax import predict as predict_lib
+from mnist_flax import data
+from mnist_flax.parts import augment
+from mnist_flax.inference import predict as predict_lib
 from mnist_flax.errors import ConfigError
-from mnist_flax.inference import to_float
+from mnist_flax.models.forward import to_float
 
 # name -> views as (row shift, column shift, rotation in degrees); the identity comes first.
 TTA_VIEWS: dict[str, tuple[tuple[float, float, float], ...]] = {

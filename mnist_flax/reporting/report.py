@@ -20,19 +20,21 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mnist_flax import plots, rundir, writers
+from mnist_flax.reporting import plots
+from mnist_flax.runs import rundir
+from mnist_flax.training import writers
 from mnist_flax.data.spec import MNIST
 from mnist_flax.errors import CheckpointError
 # pylint: disable=unused-import
-from mnist_flax.plots import (  # noqa: F401
+from mnist_flax.reporting.plots import (  # noqa: F401
     NUM_MISTAKES, markdown_table, most_confident_mistakes, per_class_accuracy, plot_compare,
     plot_confusion_matrix, plot_curves, plot_digit_grid, plot_per_class_accuracy, pyplot,
     save_figure)
-from mnist_flax.rundir import (  # noqa: F401
+from mnist_flax.runs.rundir import (  # noqa: F401
     COMPARE_FILE, CONFUSION_FILE, CURVES_FILE, METRICS_FILE, MISTAKES_FILE, PER_CLASS_FILE,
     REPORT_FILE, SUMMARY_FILE, TENSORBOARD_DIR, read_metrics, read_summary, write_json,
     write_metrics)
-from mnist_flax.writers import ScalarWriter  # noqa: F401
+from mnist_flax.training.writers import ScalarWriter  # noqa: F401
 # pylint: enable=unused-import
 
 NUM_CLASSES = MNIST.num_classes
@@ -46,7 +48,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
 
 
 def schedule_points(schedule, total_steps: int, max_points: int = 400) -> tuple[list, list]:
-  from mnist_flax import optim  # pylint: disable=import-outside-toplevel  (JAX: start-up time)
+  from mnist_flax.parts import optim  # pylint: disable=import-outside-toplevel  (JAX: start-up time)
   return optim.schedule_points(schedule, total_steps, max_points)
 
 
@@ -79,17 +81,19 @@ def predict_test_set(workdir: str | pathlib.Path) -> TestAnalysis:
   # pylint: disable=import-outside-toplevel  (JAX and the checkpoint stack: `report --no-model`
   # starts without them)
   import jax
-  from mnist_flax import data, evaluation, inference, sharding
+  from mnist_flax import data
+  from mnist_flax.training import evaluation, sharding  # pylint: disable=import-outside-toplevel  (see above)
+  from mnist_flax.models import forward  # pylint: disable=import-outside-toplevel  (see above)
   config, model, state, mesh = evaluation.restore_state(workdir)
   test = data.load_datasets(config).test
   variables = state.variables()
-  batch_size = inference.device_batch_size(config.get('eval_batch_size', 1000), mesh.devices.size)
+  batch_size = forward.device_batch_size(config.get('eval_batch_size', 1000), mesh.devices.size)
   batch_sharding = sharding.data_sharded(mesh)
   probs = []
   for start in range(0, len(test), batch_size):
     images = test.images[start:start + batch_size]
-    out = inference.predict(model, variables,
-                            jax.device_put(inference.pad_to(images, batch_size), batch_sharding))
+    out = forward.predict(model, variables,
+                            jax.device_put(forward.pad_to(images, batch_size), batch_sharding))
     probs.append(np.asarray(jax.device_get(out))[:len(images)])
   return TestAnalysis(images=test.images, labels=np.asarray(test.labels),
                       probs=np.concatenate(probs), step=int(state.step))
@@ -288,7 +292,7 @@ def _schedule_from_config(run: RunFiles) -> Optional[tuple[list, list]]:
     return None
   # pylint: disable=import-outside-toplevel  (JAX and optax: `report --no-model` starts without)
   import ml_collections
-  from mnist_flax import optim
+  from mnist_flax.parts import optim
   config = ml_collections.ConfigDict(run.config)
   schedule = optim.make_schedule(config, steps_per_epoch)
   return optim.schedule_points(schedule, config.num_epochs * steps_per_epoch)

@@ -12,7 +12,10 @@ import pathlib
 import jax
 import ml_collections
 
-from mnist_flax import checkpoints, data, losses, models, rundir, sharding, steps
+from mnist_flax import data, models
+from mnist_flax.runs import checkpoints, rundir
+from mnist_flax.parts import losses
+from mnist_flax.training import sharding, steps
 
 
 def _abstract_target(config, model, mesh):

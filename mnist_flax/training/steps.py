@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax.training import train_state
 
-from mnist_flax import augment, inference, losses, metrics, optim, sharding
+from mnist_flax.parts import augment, losses, metrics, optim
+from mnist_flax.models import forward
+from mnist_flax.training import sharding
 from mnist_flax.data.spec import MNIST
 
 
@@ -111,7 +113,7 @@ def gather_batch(images, labels, perm, index, batch_size: int, batch_sharding):
   gather, so every device gathers just its `batch_size / num_devices` rows.
   """
   idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
-  x = inference.to_float(images[idx])
+  x = forward.to_float(images[idx])
   y = labels[idx]
   return tuple(jax.lax.with_sharding_constraint(v, batch_sharding) for v in (x, y))
 
@@ -173,7 +175,7 @@ def make_train_step(config, model, mesh):
 
 def eval_step(variables, images, labels, mask, *, model, loss_fn=losses.cross_entropy):
   """Every metric's sums over the unmasked examples of one batch (the plain, unsmoothed loss)."""
-  logits = inference.predict_logits(model, variables, images)
+  logits = forward.predict_logits(model, variables, images)
   per_example = loss_fn(logits, labels, label_smoothing=0.0)
   out = metrics.Outputs(logits=logits, labels=labels, mask=mask, losses=per_example,
                         loss_sum=jnp.sum(jnp.where(mask, per_example, 0.0)))
@@ -184,8 +186,8 @@ class Evaluator:
   """Exact evaluation of a split: padded to whole batches on the device, tail masked."""
 
   def __init__(self, split, model, mesh, batch_size: int, loss_fn=losses.cross_entropy):
-    batch_size = inference.device_batch_size(batch_size, mesh.devices.size)
-    arrays = inference.padded_batches(split.images, split.labels, batch_size)
+    batch_size = forward.device_batch_size(batch_size, mesh.devices.size)
+    arrays = forward.padded_batches(split.images, split.labels, batch_size)
     batched = jax.sharding.NamedSharding(mesh, sharding.P(None, sharding.DATA_AXIS))
     self.images, self.labels, self.mask = (jax.device_put(x, batched) for x in arrays)
     self.num_examples = len(split)

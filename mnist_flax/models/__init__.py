@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mnist_flax.cpu_conv import conv_for_backend
+from mnist_flax.models.cpu_conv import conv_for_backend
 from mnist_flax.registry import registrar
 
 MODELS: dict[str, type[nn.Module]] = {}
@@ -75,7 +75,7 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     x = x.astype(self.dtype)
-    # Training steps take the CPU-friendly convolution (mnist_flax/cpu_conv.py: +50% images/s
+    # Training steps take the CPU-friendly convolution (mnist_flax/models/cpu_conv.py: +50% images/s
     # on the 2-core CPU, same parameters and results); inference keeps the plain one, which is
     # faster for forward-only batches there.
     conv = conv_for_backend() if train else None

@@ -11,7 +11,9 @@ import pathlib
 
 import numpy as np
 
-from mnist_flax import data, plots, rundir
+from mnist_flax import data
+from mnist_flax.reporting import plots
+from mnist_flax.runs import rundir
 from mnist_flax.data.spec import MNIST
 
 NUM_CLASSES = MNIST.num_classes

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pathlib
 from typing import Optional
 
-from mnist_flax import metrics, rundir
+from mnist_flax.parts import metrics
+from mnist_flax.runs import rundir
 
 SPLITS = ('train', 'test', 'validation')
 _SHORT = {'accuracy': 'acc', 'validation': 'val'}  # the console line's abbreviations

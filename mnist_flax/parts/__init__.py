@@ -1,0 +1,1 @@
+"""The pure pieces a config names: losses, metrics, optimizers and schedules, augmentation."""

@@ -1,0 +1,1 @@
+"""The run directory: its files and lock, Orbax checkpoints with one verified restore, preemption."""
