@@ -27,7 +27,7 @@ def build(config_file: str, variant: str):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from mnist_flax import config as config_lib, models  # pylint: disable=import-outside-toplevel
-  from mnist_flax.training import sharding, train
+  from mnist_flax.training import sharding, steps  # pylint: disable=import-outside-toplevel
   config = config_lib.apply_overrides(config_lib.load_config_file(config_file, validate=False),
                                       [v for v in variant.split(';') if v])
   config_lib.validate_config(config)
@@ -39,11 +39,11 @@ def build(config_file: str, variant: str):
        rng.integers(0, 10, (n,), dtype=np.int32)), mesh)
   model = models.get_model(config)
   steps_per_epoch = n // config.batch_size
-  state = train.init_train_state(config, model, jax.random.PRNGKey(0), steps_per_epoch, mesh)
-  metrics = jax.device_put(train.train_metrics(), sharding.replicated(mesh))
+  state = steps.init_train_state(config, model, jax.random.PRNGKey(0), steps_per_epoch, mesh)
+  metrics = jax.device_put(steps.train_metrics(), sharding.replicated(mesh))
   perm = jax.device_put(np.arange(n, dtype=np.int32), sharding.replicated(mesh))
   t = time.perf_counter()
-  step = train.make_train_step(config, model, mesh).lower(
+  step = steps.make_train_step(config, model, mesh).lower(
       state, metrics, images, labels, perm, 0).compile()
   return {'variant': variant, 'config': config, 'step': step, 'state': state, 'metrics': metrics,
           'data': (images, labels, perm), 'steps_per_epoch': steps_per_epoch,

@@ -193,6 +193,7 @@ def measure_training(config, steps: int, warmup: int, inference: bool = True) ->
   """Compile time, steady throughput and FLOP counts of the config's jitted train step."""
   import jax  # pylint: disable=import-outside-toplevel
   from mnist_flax.training import sharding, train  # pylint: disable=import-outside-toplevel
+  from mnist_flax.training import steps
 
   mesh = sharding.make_mesh()
   # The set-up of `train_and_evaluate` itself: data on the device, model, state, jitted step.
@@ -201,7 +202,7 @@ def measure_training(config, steps: int, warmup: int, inference: bool = True) ->
   steps_per_epoch = setup.steps_per_epoch
   n_train = len(datasets.train)
   images, labels = setup.train_images, setup.train_labels
-  metrics = jax.device_put(train.train_metrics(), sharding.replicated(mesh))
+  metrics = jax.device_put(steps.train_metrics(), sharding.replicated(mesh))
   perm = setup.permutation(0)
   flops_image = analytic_train_flops_per_image(model, state.variables())
 
@@ -252,7 +253,7 @@ def _measure_inference(config, model, state, test, mesh, repeats: int = 3) -> di
   """Images/s of the jitted `predict` (one batch) and of exact evaluation (whole test set)."""
   import jax  # pylint: disable=import-outside-toplevel
   from mnist_flax.inference import predict  # pylint: disable=import-outside-toplevel
-  from mnist_flax.training import train
+  from mnist_flax.training import steps  # pylint: disable=import-outside-toplevel
   variables = state.variables()
   batch = test.images[:config.eval_batch_size]
   jax.block_until_ready(predict.predict(model, variables, batch))  # compile
@@ -260,7 +261,7 @@ def _measure_inference(config, model, state, test, mesh, repeats: int = 3) -> di
   for _ in range(repeats):
     jax.block_until_ready(predict.predict(model, variables, batch))
   predict_rate = repeats * len(batch) / (time.perf_counter() - t)
-  evaluator = train.Evaluator(test, model, mesh, config.eval_batch_size)
+  evaluator = steps.Evaluator(test, model, mesh, config.eval_batch_size)
   evaluator(variables)  # compile
   t = time.perf_counter()
   for _ in range(repeats):

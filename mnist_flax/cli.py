@@ -69,8 +69,8 @@ def cmd_train(args, overrides):
 
 
 def cmd_eval(args, overrides):
-  from mnist_flax.training import train  # pylint: disable=import-outside-toplevel
-  metrics = train.evaluate(args.workdir, checkpoint=args.checkpoint)
+  from mnist_flax.training import evaluation  # pylint: disable=import-outside-toplevel
+  metrics = evaluation.evaluate(args.workdir, checkpoint=args.checkpoint)
   print(f'test accuracy {metrics["accuracy"]:.4f}  test loss {metrics["loss"]:.4f}  '
         f'({metrics["correct"]}/{metrics["count"]} correct)  workdir: {args.workdir}')
   return 0
@@ -141,7 +141,8 @@ def cmd_predict(args, overrides):
       print(f'{path}  {p.label}  {p.probability:.4f}' + (f'  (top {len(p.top_k)}: {ranked})'
                                                          if len(p.top_k) > 1 else ''))
   if args.show and found:
-    predict.save_figure([found[f] for f in args.files if f in found], args.show)
+    from mnist_flax.reporting import plots  # pylint: disable=import-outside-toplevel
+    plots.plot_predictions([found[f] for f in args.files if f in found], args.show)
     print(f'wrote {args.show}', file=sys.stderr)
   return EXIT_FAILURE if errors else 0
 

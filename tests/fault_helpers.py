@@ -71,8 +71,8 @@ def steps_on_disk(workdir) -> list[int]:
 def state_leaves(workdir, step=None) -> list[np.ndarray]:
   """Every array of a run's restored TrainState (params, optimizer state, step), on the host."""
   import jax
-  from mnist_flax.training import train
-  _, _, state, _ = train.restore_state(workdir, step)
+  from mnist_flax.training import evaluation
+  _, _, state, _ = evaluation.restore_state(workdir, step)
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 

@@ -99,18 +99,18 @@ def test_flop_counter_counts_convs_and_matmuls():
 
 
 def test_unoptimized_init_compile_gives_the_same_parameters(tiny_config):
-  """train.init_train_state skips LLVM optimization for speed; the parameters must not change
+  """steps.init_train_state skips LLVM optimization for speed; the parameters must not change
   beyond float rounding (else seeds would silently give other results than before)."""
   import functools
   import jax
   import numpy as np
   from mnist_flax import models
-  from mnist_flax.training import sharding, train
+  from mnist_flax.training import sharding, steps
   mesh = sharding.make_mesh()
   model = models.get_model(tiny_config)
   rng = jax.random.PRNGKey(3)
-  fast = train.init_train_state(tiny_config, model, rng, 16, mesh)
-  optimized = jax.jit(functools.partial(train.create_train_state, tiny_config, model,
+  fast = steps.init_train_state(tiny_config, model, rng, 16, mesh)
+  optimized = jax.jit(functools.partial(steps.create_train_state, tiny_config, model,
                                         steps_per_epoch=16))(rng)
   for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(optimized.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)

@@ -18,6 +18,8 @@ from mnist_flax.models import forward
 from mnist_flax.parts import losses, metrics
 from mnist_flax.reporting import report
 from mnist_flax.training import train
+from mnist_flax.training import evaluation
+from mnist_flax.parts import optim
 from mnist_flax.errors import ConfigError
 
 
@@ -47,7 +49,7 @@ def test_a_registered_model_trains_and_restores(tiny_config):
   state, workdir, records = _train(config)
   assert state.params['Dense_1']['kernel'].shape == (28 * 28, 16)  # the hidden layer
   assert records[-1]['test_accuracy'] > 0.5
-  assert train.evaluate(workdir)['accuracy'] == records[-1]['test_accuracy']
+  assert evaluation.evaluate(workdir)['accuracy'] == records[-1]['test_accuracy']
 
 
 def test_any_optax_optimizer_by_name_with_kwargs(tiny_config):
@@ -58,7 +60,7 @@ def test_any_optax_optimizer_by_name_with_kwargs(tiny_config):
   state, _, records = _train(config)
   # optax.lion's own weight decay (decoupled, times the learning rate) got config.weight_decay.
   assert records[-1]['test_accuracy'] > 0.3  # learning (chance: 0.1) in 16 steps
-  tx, _ = train.make_optimizer(config, 16)
+  tx, _ = optim.make_optimizer(config, 16)
   assert jax.tree.structure(tx.init(state.params)) == jax.tree.structure(state.opt_state)
 
 
@@ -70,7 +72,7 @@ def test_weight_decay_is_decoupled_for_every_optimizer():
   zero = {'w': jnp.zeros(3)}
   for name in ('sgd', 'adamw', 'lion', 'momentum'):
     config.optimizer = name
-    tx, _ = train.make_optimizer(config, 10)
+    tx, _ = optim.make_optimizer(config, 10)
     updates, _ = tx.update(zero, tx.init(params), params)
     np.testing.assert_allclose(updates['w'], -0.1 * 0.5 * np.ones(3), rtol=1e-6, err_msg=name)
 
@@ -101,7 +103,7 @@ def test_a_registered_loss_is_used_by_training_and_evaluation(tiny_config):
   expected = float(np.mean(_squared_error(jnp.asarray(logits), jnp.asarray(test.labels))))
   assert records[-1]['test_loss'] == pytest.approx(expected, rel=1e-4)
   assert records[-1]['train_loss'] < 1.0  # a squared error of probabilities is at most 2
-  assert train.evaluate(workdir)['loss'] == pytest.approx(expected, rel=1e-4)
+  assert evaluation.evaluate(workdir)['loss'] == pytest.approx(expected, rel=1e-4)
 
 
 def _top2(out):
@@ -156,7 +158,7 @@ def test_a_data_set_is_one_record(tiny_config):
   assert records[-1]['test_accuracy'] > 0.6
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['data_source'] == 'MNIST digits 0-3 at 14x14'
-  assert train.evaluate(workdir)['count'] == 1000
+  assert evaluation.evaluate(workdir)['count'] == 1000
   with pytest.raises(ConfigError, match='validation_size'):
     config_lib.validate_config(config_lib.apply_overrides(config, ['validation_size=2048']))
 

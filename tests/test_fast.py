@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import cli, config as config_lib, data, models
+from mnist_flax import cli, config as config_lib, data, files, models
 from mnist_flax.parts import augment, losses, metrics, optim
 from mnist_flax.runs import checkpoints, preemption, rundir
 from mnist_flax.training import distributed, evaluation, sharding, steps, train, writers
@@ -117,9 +117,9 @@ def test_state_steps_and_writers(tmp_path, capsys):
 
 def test_run_directory_files_are_written_atomically(tmp_path):
   path = tmp_path / 'x.json'
-  rundir.write_json(path, {'a': 1})
+  files.write_json(path, {'a': 1})
   with pytest.raises(ZeroDivisionError):
-    with rundir.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
       tmp.write_text('half')
       raise ZeroDivisionError
   assert json.loads(path.read_text()) == {'a': 1} and list(tmp_path.iterdir()) == [path]

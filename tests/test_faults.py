@@ -19,7 +19,9 @@ from fault_helpers import (assert_bit_identical, copy_run, make_config, override
                            reference_run, state_leaves, steps_on_disk)
 from mnist_flax import config as config_lib
 from mnist_flax.runs import checkpoints
+from mnist_flax.runs import rundir
 from mnist_flax.training import train
+from mnist_flax.training import evaluation
 from mnist_flax.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
@@ -87,7 +89,7 @@ def test_no_usable_checkpoint_is_one_clear_error_and_nothing_moves(reference_run
   for step in steps:
     _garbage(run / 'checkpoints' / str(step))
   with pytest.raises(CheckpointError, match='no usable checkpoint') as e:
-    train.restore_state(run)
+    evaluation.restore_state(run)
   for step in steps:
     assert f'step {step} does not restore' in str(e.value)
   assert steps_on_disk(run) == steps
@@ -174,7 +176,7 @@ def test_second_training_is_refused_and_a_killed_holder_leaves_no_lock(
   finally:
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-  assert str(holder.pid) in (run / checkpoints.LOCK_FILE).read_text()  # a stale lock file ...
+  assert str(holder.pid) in (run / rundir.LOCK_FILE).read_text()  # a stale lock file ...
   with checkpoints.WorkdirLock(run):  # ... that does not block anyone
     with pytest.raises(CheckpointError, match='in use'):
       checkpoints.WorkdirLock(run).acquire()  # while held, even in the same process

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import tiny_overrides
 from mnist_flax import config as config_lib
-from mnist_flax.training import distributed, train
+from mnist_flax.training import distributed, evaluation
 from mnist_flax.reporting import report
 from mnist_flax.errors import ConfigError
 from test_sharding import assert_params_close, start_cli
@@ -103,10 +103,10 @@ def test_two_processes_match_four_devices_and_restore_in_one(idx_dir, tfds_dir, 
   assert len(report.read_metrics(tmp_path / 'two')) == 2
   # The 2-process checkpoint restores here: one process, 2 devices.
   assert os.environ['JAX_NUM_CPU_DEVICES'] == '2' and jax.process_count() == 1
-  _, _, two, _ = train.restore_state(tmp_path / 'two')
-  _, _, four, _ = train.restore_state(tmp_path / 'four')
+  _, _, two, _ = evaluation.restore_state(tmp_path / 'two')
+  _, _, four, _ = evaluation.restore_state(tmp_path / 'four')
   assert int(two.step) == int(four.step) == 8
   assert_params_close(two.params, four.params)
-  metrics = train.evaluate(tmp_path / 'two')
+  metrics = evaluation.evaluate(tmp_path / 'two')
   assert metrics['count'] == 10000
   assert abs(metrics['accuracy'] - summary['test_accuracy']) <= 2e-4

@@ -15,6 +15,7 @@ from conftest import REPO
 from mnist_flax import config as config_lib
 from mnist_flax.parts import augment
 from mnist_flax.inference import export, predict, preprocess
+from mnist_flax.models import forward
 from mnist_flax.training import train
 from mnist_flax.errors import CheckpointError, ConfigError
 
@@ -190,7 +191,7 @@ def test_ensemble_and_tta_in_predict_average_the_members_probabilities(tiny_run,
   # TTA: the mean over the views (the identity and four 1-pixel shifts).
   tta = ensemble.load_ensemble([run], tta='shift')
   views = [members[1].probabilities(np.asarray(augment.shift_images(
-      predict.to_float(images), *view))) for view in ensemble.TTA_VIEWS['shift']]
+      forward.to_float(images), *view))) for view in ensemble.TTA_VIEWS['shift']]
   np.testing.assert_allclose(tta.probabilities(images), sum(views) / len(views), atol=1e-5)
   assert not np.allclose(tta.probabilities(images), views[0], atol=1e-4)
   assert [p.label for p in tta.classify(list(images[:3]))] == list(

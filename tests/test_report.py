@@ -13,6 +13,8 @@ from PIL import Image
 from conftest import run_cli, tiny_overrides
 from mnist_flax import cli, config as config_lib
 from mnist_flax.reporting import explore, report
+from mnist_flax import files
+from mnist_flax.runs import rundir
 from mnist_flax.training import train
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -82,9 +84,9 @@ def test_cli_report_confusion_matrix_mistakes_and_compare(tiny_run, tmp_path, re
   other = tmp_path / 'other'
   other.mkdir()
   shutil.copy(tiny_run / 'config.json', other / 'config.json')
-  report.write_json(other / report.SUMMARY_FILE, dict(report.read_summary(tiny_run),
+  files.write_json(other / report.SUMMARY_FILE, dict(report.read_summary(tiny_run),
                                                       test_accuracy=0.5, test_correct=5000))
-  report.write_metrics(other, [dict(r, test_accuracy=r['test_accuracy'] / 2, test_loss=r['test_loss'] * 2)
+  rundir.write_metrics(other, [dict(r, test_accuracy=r['test_accuracy'] / 2, test_loss=r['test_loss'] * 2)
                                for r in report.read_metrics(tiny_run)])
   out = tmp_path / 'out'
   result = run_cli(['report', '--workdir', str(tiny_run), '--compare', str(other), '--out', str(out)],
@@ -136,7 +138,7 @@ def test_report_of_a_running_run_without_checkpoint(tiny_run, tmp_path):
   running = tmp_path / 'running'
   running.mkdir()
   shutil.copy(tiny_run / 'config.json', running / 'config.json')
-  report.write_metrics(running, report.read_metrics(tiny_run)[:1])
+  rundir.write_metrics(running, report.read_metrics(tiny_run)[:1])
   result = report.build_report(running)
   assert result['analysis'] is None
   markdown = result['report'].read_text()

@@ -13,6 +13,7 @@ import pytest
 from fault_helpers import (CHECKPOINT_STEPS, TOTAL_STEPS, assert_bit_identical, drive,  # noqa: F401
                            reference_run, steps_on_disk)
 from mnist_flax.runs import checkpoints, preemption
+from mnist_flax.runs import rundir
 from mnist_flax.errors import CheckpointError
 
 
@@ -50,7 +51,7 @@ def test_killed_at_random_steps_and_rerun_ends_bit_identical(
     assert (steps_on_disk(workdir) or [None])[-1] == _last_checkpoint_before(step), (where, mode)
     if mode == 'kill_in_save':
       assert list((workdir / 'checkpoints').glob(f'{step}.orbax-checkpoint-tmp*')), where
-    assert (workdir / checkpoints.LOCK_FILE).exists()  # stale lock left by the killed run
+    assert (workdir / rundir.LOCK_FILE).exists()  # stale lock left by the killed run
   final = drive('none', 0, workdir, idx_dir, tfds_dir, real_data_env)
   assert final.returncode == 0, (where, final.stderr[-2000:])
   assert not list((workdir / 'checkpoints').glob('*.orbax-checkpoint-tmp*')), where

@@ -13,6 +13,7 @@ import optax
 from mnist_flax import config as config_lib, models
 from mnist_flax.reporting import report
 from mnist_flax.training import train
+from mnist_flax.parts import optim
 
 
 def count_params(tree):
@@ -61,7 +62,7 @@ def test_blockcnn_does_not_see_the_cropped_border():
 def test_adam_betas_reach_the_optimizer():
   config = config_lib.apply_overrides(config_lib.default_config(), [
       'optimizer_kwargs.b1=0.5', 'optimizer_kwargs.b2=0.6', 'schedule=constant'])
-  tx, _ = train.make_optimizer(config, steps_per_epoch=10)
+  tx, _ = optim.make_optimizer(config, steps_per_epoch=10)
   reference = optax.adam(config.learning_rate, b1=0.5, b2=0.6)
   params = {'w': jnp.ones(3)}
   state, ref_state = tx.init(params), reference.init(params)

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 from mnist_flax import config as config_lib, data
 from mnist_flax.reporting import report
 from mnist_flax.training import train
+from mnist_flax.training import evaluation
 from mnist_flax.errors import CheckpointError
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'curves.png', 'checkpoints', 'tensorboard')
@@ -30,7 +31,7 @@ def test_train_and_evaluate_end_to_end_then_restore(tiny_config):
   assert summary['test_accuracy'] > 0.5
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
   # Evaluation from the checkpoint reproduces the run's figures exactly (all 10,000 images).
-  metrics = train.evaluate(workdir)
+  metrics = evaluation.evaluate(workdir)
   assert metrics['count'] == 10000
   assert metrics['accuracy'] == summary['test_accuracy']
   assert metrics['loss'] == pytest.approx(summary['test_loss'], rel=1e-5)

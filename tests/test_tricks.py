@@ -19,6 +19,8 @@ from mnist_flax import cli, config as config_lib, data, models
 from mnist_flax.parts import augment
 from mnist_flax.inference import ensemble
 from mnist_flax.training import train
+from mnist_flax.training import steps
+from mnist_flax.training import evaluation
 from mnist_flax.errors import ConfigError
 from mnist_flax.inference import predict as predict_lib
 from mnist_flax.inference.predict import predict
@@ -181,7 +183,7 @@ def tricks_run(idx_dir, tfds_dir, tmp_path_factory):
           'train_limit=1280', 'validation_size=256', 'num_epochs=1', 'ema_decay=0.9',
           'augment.rotate=10', 'augment.translate=2', 'label_smoothing=0.1',
           'optimizer=adamw', 'weight_decay=0.01'])
-  init = train.create_train_state(config, models.get_model(config), jax.random.PRNGKey(config.seed),
+  init = steps.create_train_state(config, models.get_model(config), jax.random.PRNGKey(config.seed),
                                   steps_per_epoch=8)
   state = train.train_and_evaluate(config)
   return config, workdir, init, state
@@ -203,20 +205,20 @@ def test_ema_differs_from_raw_and_is_what_is_evaluated(tricks_run):
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   summary = json.loads((workdir / 'summary.json').read_text())
   mesh = train.sharding.make_mesh()
-  evaluator = train.Evaluator(data.load_datasets(config).test, models.get_model(config), mesh, 1000)
+  evaluator = steps.Evaluator(data.load_datasets(config).test, models.get_model(config), mesh, 1000)
   ema_metrics, raw_metrics = evaluator(state.variables()), evaluator(state.raw_variables())
   assert raw_metrics['loss'] != pytest.approx(ema_metrics['loss'], rel=1e-6)
   assert summary['test_loss'] == pytest.approx(ema_metrics['loss'], rel=1e-5)
   assert records[-1]['test_loss_raw'] == pytest.approx(raw_metrics['loss'], rel=1e-5)
   assert 'validation_accuracy' in records[-1]
   # The summary reports the held-out split's final figures, equal to evaluating it directly.
-  val_metrics = train.Evaluator(data.load_datasets(config).validation, models.get_model(config),
+  val_metrics = steps.Evaluator(data.load_datasets(config).validation, models.get_model(config),
                                 mesh, 1000)(state.variables())
   assert summary['validation_size'] == 256
   assert summary['validation_accuracy'] == records[-1]['validation_accuracy'] == pytest.approx(
       val_metrics['accuracy'])
   # The checkpoint holds the EMA, and evaluating it from disk scores the EMA weights.
-  assert train.evaluate(workdir)['loss'] == pytest.approx(ema_metrics['loss'], rel=1e-5)
+  assert evaluation.evaluate(workdir)['loss'] == pytest.approx(ema_metrics['loss'], rel=1e-5)
 
 
 def test_tta_and_checkpoint_ensemble(tricks_run, capsys):

@@ -22,8 +22,9 @@ if MODE:
   import jax
   from jax.sharding import PartitionSpec as P
 
-  from mnist_flax.training import sharding, train
-  from mnist_flax.inference.predict import to_float
+  from mnist_flax.parts import losses
+  from mnist_flax.training import sharding, steps
+  from mnist_flax.models.forward import to_float
 
   def make_train_step(config, model, mesh):
     n = mesh.devices.size
@@ -38,7 +39,7 @@ if MODE:
 
       def loss_fn(params):
         logits = model.apply({'params': params}, x, train=True, rngs={'dropout': rng})
-        return train.cross_entropy(logits, y, config.label_smoothing).mean(), logits
+        return losses.cross_entropy(logits, y, config.label_smoothing).mean(), logits
       (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       if MODE == 'noreduce':  # device 0's shard gradient, broadcast (replicas stay consistent)
         grads = jax.tree.map(
@@ -57,4 +58,4 @@ if MODE:
   if MODE == 'wholebatch':
     sharding.data_sharded = sharding.replicated
   elif MODE in ('noreduce', 'reduce'):
-    train.make_train_step = make_train_step
+    steps.make_train_step = make_train_step

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from typing import NamedTuple
 
-from mnist_flax.runs import rundir
+from mnist_flax import files
 from mnist_flax.data.idx import IDX_FILES, OFFLINE_HELP
 from mnist_flax.errors import DataError
 
@@ -135,7 +135,7 @@ def fetch_idx_files(cache_dir: str | os.PathLike, configured_url: str = '') -> d
       cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
       raise DataError(f'cannot create the download cache {cache_dir}: {e}') from None
-    with rundir.atomic_path(path) as part:  # only a verified file ever has the cached name
+    with files.atomic_path(path) as part:  # only a verified file ever has the cached name
       _fetch(url, part)
       _verify(part, name, registered[name], url)
     paths[key] = path

@@ -21,7 +21,7 @@ import shutil
 import jax
 import numpy as np
 
-from mnist_flax import data
+from mnist_flax import data, files
 from mnist_flax.inference import predict
 from mnist_flax.runs import rundir
 from mnist_flax.errors import CheckpointError
@@ -71,9 +71,9 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
   out.mkdir(parents=True)
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
     checkpointer.save(out / rundir.VARIABLES_DIR, args=ocp.args.PyTreeSave(classifier.variables))
-  config = rundir.read_json(workdir / rundir.CONFIG_FILE)
+  config = files.read_json(workdir / rundir.CONFIG_FILE)
   config['workdir'] = ''  # the run directory is not shipped
-  rundir.write_json(out / rundir.CONFIG_FILE, config)
+  files.write_json(out / rundir.CONFIG_FILE, config)
 
   exported = predict.load_classifier(out)  # measure what was written, through `predict`
   measured = measure_test_accuracy(exported, idx_dir)
@@ -85,7 +85,7 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
       'predict_test_accuracy': measured['test_accuracy'],
       'predict_test_correct': measured['test_correct'],
   }
-  rundir.write_json(out / rundir.SUMMARY_FILE, summary)
+  files.write_json(out / rundir.SUMMARY_FILE, summary)
   return summary
 
 

@@ -11,9 +11,8 @@ import pathlib
 
 import numpy as np
 
-from mnist_flax import data
+from mnist_flax import data, files
 from mnist_flax.reporting import plots
-from mnist_flax.runs import rundir
 from mnist_flax.data.spec import MNIST
 
 NUM_CLASSES = MNIST.num_classes
@@ -108,4 +107,4 @@ def _write_markdown(out_dir: pathlib.Path, counts: dict[str, np.ndarray], source
       '## Images per digit', '', plots.markdown_table(header, rows),
       f'![images per digit]({CLASS_COUNTS_FILE})', '',
       '## Mean image per digit', '', f'![mean image per digit]({MEAN_IMAGES_FILE})', ''])
-  return rundir.write_text(out_dir / EXPLORE_FILE, text)
+  return files.write_text(out_dir / EXPLORE_FILE, text)

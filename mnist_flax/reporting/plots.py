@@ -241,3 +241,37 @@ def markdown_table(header: Sequence[str], rows) -> str:
   cells = lambda row: '| ' + ' | '.join(str(x).replace('|', '\\|') for x in row) + ' |'  # noqa: E731
   lines = [cells(header), '|' + '|'.join(' --- ' for _ in header) + '|']
   return '\n'.join(lines + [cells(r) for r in rows]) + '\n'
+
+
+def plot_predictions(predictions: Sequence, path: str | pathlib.Path):
+  """One row per prediction: the input as loaded, the 28x28 the model saw, the probabilities.
+
+  So a person can see why: a wrong label usually shows up as a bad crop or a lost stroke in the
+  middle panel.
+  """
+  from mnist_flax.inference import preprocess as prep  # pylint: disable=import-outside-toplevel  (PIL)
+  plt = pyplot()  # standalone figures: no backend switch
+  rows = len(predictions)
+  fig, axes = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), squeeze=False,
+                           gridspec_kw={'width_ratios': [1, 1, 1.6]})
+  for (ax_in, ax_seen, ax_bar), p in zip(axes, predictions):
+    try:
+      shown = prep.load_grey(p.source) if pathlib.Path(p.source).is_file() else None
+    except Exception:  # pylint: disable=broad-except  (display only)
+      shown = None
+    ax_in.imshow(p.image if shown is None else shown, cmap='gray', vmin=0, vmax=1 if shown is not None else 255)
+    ax_in.set_title(pathlib.Path(p.source).name[:28], fontsize=9)
+    ax_seen.imshow(p.image, cmap='gray', vmin=0, vmax=255)
+    ax_seen.set_title('what the model sees (28x28)', fontsize=9)
+    for ax in (ax_in, ax_seen):
+      ax.set_xticks([])
+      ax.set_yticks([])
+    classes = range(len(p.probabilities))
+    colours = ['tab:blue' if k == p.label else 'lightgray' for k in classes]
+    ax_bar.bar(classes, p.probabilities, color=colours, edgecolor='black', linewidth=0.5)
+    ax_bar.set_xticks(classes)
+    ax_bar.set_ylim(0, 1)
+    ax_bar.set_title(f'label {p.label}  p={p.probability:.3f}', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+

@@ -20,22 +20,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mnist_flax import files
 from mnist_flax.reporting import plots
 from mnist_flax.runs import rundir
 from mnist_flax.training import writers
 from mnist_flax.data.spec import MNIST
 from mnist_flax.errors import CheckpointError
-# pylint: disable=unused-import
-from mnist_flax.reporting.plots import (  # noqa: F401
+from mnist_flax.reporting.plots import (
     NUM_MISTAKES, markdown_table, most_confident_mistakes, per_class_accuracy, plot_compare,
-    plot_confusion_matrix, plot_curves, plot_digit_grid, plot_per_class_accuracy, pyplot,
-    save_figure)
-from mnist_flax.runs.rundir import (  # noqa: F401
+    plot_confusion_matrix, plot_curves, plot_digit_grid, plot_per_class_accuracy)
+from mnist_flax.runs.rundir import (
     COMPARE_FILE, CONFUSION_FILE, CURVES_FILE, METRICS_FILE, MISTAKES_FILE, PER_CLASS_FILE,
-    REPORT_FILE, SUMMARY_FILE, TENSORBOARD_DIR, read_metrics, read_summary, write_json,
-    write_metrics)
-from mnist_flax.training.writers import ScalarWriter  # noqa: F401
-# pylint: enable=unused-import
+    REPORT_FILE, SUMMARY_FILE, read_metrics, read_summary)
 
 NUM_CLASSES = MNIST.num_classes
 _SHORT = {'accuracy': 'acc', 'validation': 'val'}  # epoch-table column abbreviations
@@ -134,7 +130,7 @@ def read_run(workdir: str | pathlib.Path, label: str = '') -> RunFiles:
     raise CheckpointError(f'{workdir} is not a mnist_flax run directory with results (expected '
                           f'{METRICS_FILE} or {SUMMARY_FILE}, written by `mnist-flax train`)')
   summary = read_summary(workdir) if summary_path.is_file() else {}
-  config = rundir.read_json(config_path) if config_path.is_file() else {}
+  config = files.read_json(config_path) if config_path.is_file() else {}
   return RunFiles(workdir, label or workdir.name, records, summary, config)
 
 
@@ -227,7 +223,7 @@ def write_report(run: RunFiles, out_dir: str | pathlib.Path | None = None,
               f'`mnist-flax report --workdir {run.workdir}`.', '']
   if compare:
     lines += _compare_section([run, *compare])
-  return rundir.write_text(out_dir / REPORT_FILE, '\n'.join(lines).rstrip() + '\n')
+  return files.write_text(out_dir / REPORT_FILE, '\n'.join(lines).rstrip() + '\n')
 
 
 def _compare_section(runs: Sequence[RunFiles]) -> list[str]:

@@ -38,7 +38,7 @@ from mnist_flax.parts import metrics
 from mnist_flax.runs import rundir
 from mnist_flax.config import RUNTIME_FIELDS
 from mnist_flax.errors import CheckpointError, NonFiniteLossError
-from mnist_flax.runs.rundir import CHECKPOINT_DIR, LOCK_FILE, SKIPPED_DIR, move_run_aside  # noqa: F401
+from mnist_flax.runs.rundir import CHECKPOINT_DIR, SKIPPED_DIR
 # Validation metrics that can pick the 'best' checkpoint, with whether larger is better.
 BEST_METRICS = {'validation_accuracy': True, 'validation_loss': False}
 SELECTIONS = ('latest', 'best')

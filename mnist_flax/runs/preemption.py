@@ -20,8 +20,6 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mnist_flax.errors import PreemptedError  # noqa: F401  (re-exported)
-
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 

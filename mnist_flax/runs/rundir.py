@@ -1,7 +1,7 @@
 """The run directory on disk: its file names, atomic writes, the metrics history, the lock.
 
-The bottom layer: standard library only (no JAX, no numpy; errors.py beside it), so every other module, light or
-heavy, can name a run's files and write them safely. Layout of a run directory
+Standard library only (no JAX, no numpy), so every command, light or heavy, can name a run's
+files and write them safely (atomic writes come from files.py). Layout of a run directory
 (`config.workdir`):
 
     config.json            the resolved config (what eval/predict rebuild the model from)
@@ -18,7 +18,6 @@ An exported model (export.py) holds config.json, summary.json and variables/.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
 import fcntl
@@ -28,9 +27,10 @@ import os
 import pathlib
 import shutil
 import socket
-from typing import Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Iterable, Optional, TypeVar
 
 from mnist_flax.errors import CheckpointError
+from mnist_flax.files import read_json, write_text
 
 CONFIG_FILE = 'config.json'
 SUMMARY_FILE = 'summary.json'
@@ -48,40 +48,6 @@ MISTAKES_FILE = 'mistakes.png'
 COMPARE_FILE = 'compare.png'
 
 T = TypeVar('T')
-
-
-# ---------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
-  """Yields a temporary sibling of `path`; renamed onto `path` only if the block succeeds.
-
-  A reader (or a resumed run) never sees half a file, whatever kills the writer; the
-  temporary name carries the pid, so two processes writing the same file do not collide.
-  """
-  path = pathlib.Path(path)
-  tmp = path.with_name(f'{path.name}.part-{os.getpid()}')
-  try:
-    yield tmp
-    tmp.replace(path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-
-
-def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
-  with atomic_path(path) as tmp:
-    tmp.write_text(text)
-  return pathlib.Path(path)
-
-
-def write_json(path: str | os.PathLike, obj: dict) -> pathlib.Path:
-  return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
-
-
-def read_json(path: str | os.PathLike) -> dict:
-  return json.loads(pathlib.Path(path).read_text())
 
 
 # ---------------------------------------------------------------------------- the history

@@ -29,20 +29,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import config as config_lib, data, models
+from mnist_flax import config as config_lib, data, files, models
 from mnist_flax.runs import checkpoints, preemption, rundir
+from mnist_flax import errors
 from mnist_flax.training import distributed, sharding, steps, writers
 from mnist_flax.parts import losses, metrics, optim
 from mnist_flax.reporting import report
 from mnist_flax.errors import NonFiniteLossError
 # Re-exported: code and tests written before issue #14 split this module find them here.
-from mnist_flax.training.evaluation import evaluate, restore_state  # noqa: F401
-from mnist_flax.parts.losses import cross_entropy  # noqa: F401
-from mnist_flax.parts.optim import SCHEDULES, make_optimizer  # noqa: F401
-from mnist_flax.training.steps import (INIT_COMPILER_OPTIONS, Evaluator, TrainState,  # noqa: F401
-                              create_train_state, ema_update, epoch_permutation, eval_step,
-                              gather_batch, init_train_state, make_train_step, train_metrics,
-                              train_step, zero_metrics)
+from mnist_flax.training.steps import TrainState
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None,
@@ -125,7 +120,7 @@ def open_run(config, fresh: bool, cleanup: contextlib.ExitStack) -> Run:
   main = sharding.is_main_process()
   if main:
     cleanup.enter_context(checkpoints.WorkdirLock(workdir))
-    moved = checkpoints.move_run_aside(workdir) if fresh else None
+    moved = rundir.move_run_aside(workdir) if fresh else None
     if moved:
       logging.warning('--fresh: moved the previous run in %s to %s', workdir, moved)
   if fresh:
@@ -214,7 +209,7 @@ def start_run(run: Run, t: Training, history: list[dict]) -> None:
   metrics.jsonl may be ahead of it); a first run also logs sample images to TensorBoard."""
   if not run.main:
     return
-  rundir.write_json(run.workdir / rundir.CONFIG_FILE, run.resolved)
+  files.write_json(run.workdir / rundir.CONFIG_FILE, run.resolved)
   if history:
     run.writer.history(history)
   else:
@@ -296,8 +291,8 @@ def save(run: Run, step: int, state, totals, meta: dict) -> None:
   run.policy.saved()
 
 
-def _preempted(run: Run, step: int) -> preemption.PreemptedError:
-  return preemption.PreemptedError(
+def _preempted(run: Run, step: int) -> errors.PreemptedError:
+  return errors.PreemptedError(
       f'stopped by {run.signals.name or "a signal to another process"} at step {step}; the '
       f'checkpoint is saved in {run.ckpt.directory}: rerun the same command to resume',
       signum=run.signals.received or 15)
@@ -317,7 +312,7 @@ def finish(run: Run, t: Training, state, history: list[dict], test: Optional[dic
   """summary.json, curves.png and a short report.md (main process); then every process waits."""
   final = test if test is not None else t.evaluators['test'](state.variables())
   if run.main:
-    rundir.write_json(run.workdir / rundir.SUMMARY_FILE, summary(run, t, state, history, final,
+    files.write_json(run.workdir / rundir.SUMMARY_FILE, summary(run, t, state, history, final,
                                                                  step))
     # curves.png (with the per-step learning rate) and a short report.md; no model evaluation,
     # so this stays cheap. `mnist-flax report` adds the confusion matrix and the mistakes.
