@@ -40,7 +40,7 @@ def build(config_file: str, variant: str):
   model = models.get_model(config)
   steps_per_epoch = n // config.batch_size
   state = steps.init_train_state(config, model, jax.random.PRNGKey(0), steps_per_epoch, mesh)
-  metrics = jax.device_put(steps.train_metrics(), sharding.replicated(mesh))
+  metrics = jax.device_put(steps.zero_train_totals(), sharding.replicated(mesh))
   perm = jax.device_put(np.arange(n, dtype=np.int32), sharding.replicated(mesh))
   t = time.perf_counter()
   step = steps.make_train_step(config, model, mesh).lower(

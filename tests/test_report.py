@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import run_cli, tiny_overrides
 from mnist_flax import cli, config as config_lib
-from mnist_flax.reporting import explore, report
+from mnist_flax.reporting import explore, plots, report
 from mnist_flax import files
 from mnist_flax.runs import rundir
 from mnist_flax.training import train
@@ -127,7 +127,7 @@ def test_most_confident_mistakes_and_confusion_matrix():
   probs[3, 3] = 0.5  # right
   probs[4, 8] = 0.7  # wrong
   assert report.most_confident_mistakes(labels, probs, k=2).tolist() == [2, 4]
-  confusion = report.confusion_matrix(labels, probs.argmax(1))
+  confusion = plots.confusion_matrix(labels, probs.argmax(1), 10)
   assert confusion.sum() == 5 and np.trace(confusion) == 2
   assert confusion[3, 8] == 1 and confusion[2, 5] == 1
   accuracy = report.per_class_accuracy(confusion)

@@ -25,10 +25,8 @@ import pytest
 from conftest import REPO, run_cli, tiny_overrides
 from mnist_flax import config as config_lib, models
 from mnist_flax.reporting import report
-from mnist_flax.training import sharding, train
-from mnist_flax.training import steps
-from mnist_flax.parts import losses
-from mnist_flax.training import evaluation
+from mnist_flax.parts import losses, metrics
+from mnist_flax.training import evaluation, sharding, steps, train
 from mnist_flax.errors import ConfigError
 
 ATOL, RTOL = 2e-5, 1e-4
@@ -84,7 +82,7 @@ def test_compiled_step_computes_per_device_batch_and_reduces_gradients(tiny_conf
   state = jax.jit(lambda rng: steps.create_train_state(tiny_config, model, rng, 16),
                   out_shardings=replicated)(jax.random.PRNGKey(0))
   put = lambda x: sharding.put_replicated(x, mesh)  # noqa: E731
-  args = (state, jax.device_put(steps.zero_metrics(), replicated),
+  args = (state, jax.device_put(metrics.zeros(), replicated),
           put(np.zeros((256, 28, 28, 1), np.uint8)), put(np.zeros(256, np.int32)),
           put(np.arange(256, dtype=np.int32)), 0)
   text = steps.make_train_step(tiny_config, model, mesh).lower(*args).compile().as_text()

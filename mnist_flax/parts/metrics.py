@@ -101,3 +101,12 @@ def extra_totals(totals: dict) -> dict:
 
 def names() -> list[str]:
   return list(METRICS)
+
+
+SPLITS = ('train', 'test', 'validation')
+
+
+def record_keys(record: dict) -> list[str]:
+  """The record's metric keys in display order: per split, per registered metric."""
+  keys = [f'{split}_{name}' for split in SPLITS for name in names()]
+  return [k for k in keys if k in record]

@@ -2,14 +2,10 @@
 
 `train_and_evaluate` writes a short report at the end of each run (`write_end_of_run`: curves and
 tables, no model evaluation: it must stay cheap); `build_report` (`mnist-flax report`) restores
-the checkpoint, predicts the test images with `predict.predict` and adds the confusion matrix,
-per-class accuracy and the worst mistakes; `--compare` overlays other runs. The epoch table
-takes its columns from the records (writers.record_keys), so a metric registered in metrics.py
-shows up without a change here. The figures are drawn by plots.py.
-
-The names below the imports are re-exported for code written before issue #14 split this module
-(the run-directory files now live in rundir.py, the figures in plots.py, TensorBoard in
-writers.py).
+the checkpoint as every command does (`predict.load_classifier`), classifies the test images and
+adds the confusion matrix, per-class accuracy and the worst mistakes; `--compare` overlays other
+runs. The epoch table takes its columns from the records (`metrics.record_keys`), so a
+registered metric shows up without a change here. The figures are drawn by plots.py.
 """
 
 from __future__ import annotations
@@ -21,9 +17,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mnist_flax import files
+from mnist_flax.parts import metrics
 from mnist_flax.reporting import plots
 from mnist_flax.runs import rundir
-from mnist_flax.training import writers
 from mnist_flax.data.spec import MNIST
 from mnist_flax.errors import CheckpointError
 from mnist_flax.reporting.plots import (
@@ -35,17 +31,6 @@ from mnist_flax.runs.rundir import (
 
 NUM_CLASSES = MNIST.num_classes
 _SHORT = {'accuracy': 'acc', 'validation': 'val'}  # epoch-table column abbreviations
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
-                     num_classes: int = NUM_CLASSES) -> np.ndarray:
-  """(true, predicted) counts, int64 (num_classes, num_classes)."""
-  return plots.confusion_matrix(labels, predictions, num_classes)
-
-
-def schedule_points(schedule, total_steps: int, max_points: int = 400) -> tuple[list, list]:
-  from mnist_flax.parts import optim  # pylint: disable=import-outside-toplevel  (JAX: start-up time)
-  return optim.schedule_points(schedule, total_steps, max_points)
 
 
 # ---------------------------------------------------------------------------- test-set analysis
@@ -65,34 +50,20 @@ class TestAnalysis:
 
   @property
   def confusion(self) -> np.ndarray:
-    return confusion_matrix(self.labels, self.predictions)
+    return plots.confusion_matrix(self.labels, self.predictions, self.probs.shape[1])
 
 
 def predict_test_set(workdir: str | pathlib.Path) -> TestAnalysis:
-  """Restores a run's latest checkpoint and predicts every test image with `predict.predict`.
-
-  Batches are padded and sharded over the devices the way evaluation (steps.Evaluator) does it,
-  so the predictions are the ones evaluation counted.
-  """
+  """Restores a run's latest checkpoint (EMA weights where the run kept them, as its evaluation
+  did) and classifies every test image with it."""
   # pylint: disable=import-outside-toplevel  (JAX and the checkpoint stack: `report --no-model`
   # starts without them)
-  import jax
   from mnist_flax import data
-  from mnist_flax.training import evaluation, sharding  # pylint: disable=import-outside-toplevel  (see above)
-  from mnist_flax.models import forward  # pylint: disable=import-outside-toplevel  (see above)
-  config, model, state, mesh = evaluation.restore_state(workdir)
-  test = data.load_datasets(config).test
-  variables = state.variables()
-  batch_size = forward.device_batch_size(config.get('eval_batch_size', 1000), mesh.devices.size)
-  batch_sharding = sharding.data_sharded(mesh)
-  probs = []
-  for start in range(0, len(test), batch_size):
-    images = test.images[start:start + batch_size]
-    out = forward.predict(model, variables,
-                            jax.device_put(forward.pad_to(images, batch_size), batch_sharding))
-    probs.append(np.asarray(jax.device_get(out))[:len(images)])
+  from mnist_flax.inference import predict  # pylint: disable=import-outside-toplevel  (see above)
+  classifier = predict.load_classifier(workdir)
+  test = data.load_datasets(classifier.config).test
   return TestAnalysis(images=test.images, labels=np.asarray(test.labels),
-                      probs=np.concatenate(probs), step=int(state.step))
+                      probs=classifier.probabilities(test.images), step=classifier.step)
 
 
 def plot_mistakes(analysis: TestAnalysis, out: str | pathlib.Path, k: int = NUM_MISTAKES) -> pathlib.Path:
@@ -166,8 +137,8 @@ def summary_rows(run: RunFiles) -> list[tuple[str, str]]:
 
 
 def _epoch_table(records: list[dict]) -> str:
-  """One row per epoch; a column per split and metric the records hold (writers.record_keys)."""
-  keys = writers.record_keys({k: None for r in records for k in r})
+  """One row per epoch; a column per split and metric the records hold (metrics.record_keys)."""
+  keys = metrics.record_keys({k: None for r in records for k in r})
   header = ['epoch'] + [' '.join(_SHORT.get(w, w) for w in k.split('_')) for k in keys]
   header += ['learning rate', 'seconds']
   rows = [[r['epoch']] + [f'{r.get(k, float("nan")):.4f}' for k in keys]

@@ -14,7 +14,7 @@ import ml_collections
 
 from mnist_flax import data, models
 from mnist_flax.runs import checkpoints, rundir
-from mnist_flax.parts import losses
+from mnist_flax.parts import losses, metrics
 from mnist_flax.training import sharding, steps
 
 
@@ -24,7 +24,7 @@ def _abstract_target(config, model, mesh):
   abstract = jax.eval_shape(functools.partial(
       steps.create_train_state, config, model, steps_per_epoch=steps_per_epoch,
       image_shape=data.spec_of(config).image_shape), jax.random.PRNGKey(0))
-  saved_metrics = jax.eval_shape(lambda: checkpoints.saved_metrics(steps.zero_metrics()))
+  saved_metrics = jax.eval_shape(lambda: checkpoints.saved_metrics(metrics.zeros()))
   return checkpoints.abstract_like({'state': abstract, 'metrics': saved_metrics},
                                    sharding.replicated(mesh))
 

@@ -82,18 +82,14 @@ def init_train_state(config, model, rng, steps_per_epoch: int, mesh,
   return init.lower(rng).compile(compiler_options=options)(rng)
 
 
-def zero_metrics() -> dict:
-  """On-device accumulators of every metric (metrics.py) and the example count."""
-  return metrics.zeros()
-
-
-def train_metrics() -> dict:
-  """zero_metrics() plus `first_nonfinite`: the first step whose loss was NaN/Inf (-1: none).
+def zero_train_totals() -> dict:
+  """A training epoch's running totals at its start: every metric's on-device sum, the example
+  count, and `first_nonfinite`: the first step whose loss was NaN/Inf (-1: none).
 
   It stays on the device and is read only where the loop syncs anyway (checkpoints, epoch ends),
   so a non-finite loss is caught, and its step named, without a host sync per step.
   """
-  return dict(zero_metrics(), first_nonfinite=jnp.full((), -1, jnp.int32))
+  return dict(metrics.zeros(), first_nonfinite=jnp.full((), -1, jnp.int32))
 
 
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
@@ -154,7 +150,7 @@ def train_step(state: TrainState, totals: dict, images, labels, perm, index, *,
   out = metrics.Outputs(logits=logits, labels=y, mask=jnp.ones(y.shape, bool),
                         losses=per_example, loss_sum=loss * bs)
   new_totals = metrics.accumulate(totals, out)
-  first_bad = totals.get('first_nonfinite')  # see train_metrics()
+  first_bad = totals.get('first_nonfinite')  # see zero_train_totals()
   if first_bad is not None:
     new_totals['first_nonfinite'] = jnp.where((first_bad < 0) & ~jnp.isfinite(loss),
                                               state.step, first_bad)
@@ -179,7 +175,7 @@ def eval_step(variables, images, labels, mask, *, model, loss_fn=losses.cross_en
   per_example = loss_fn(logits, labels, label_smoothing=0.0)
   out = metrics.Outputs(logits=logits, labels=labels, mask=mask, losses=per_example,
                         loss_sum=jnp.sum(jnp.where(mask, per_example, 0.0)))
-  return metrics.accumulate(zero_metrics(), out)
+  return metrics.accumulate(metrics.zeros(), out)
 
 
 class Evaluator:
@@ -197,7 +193,7 @@ class Evaluator:
       def body(totals, batch):
         out = eval_step(variables, *batch, model=model, loss_fn=loss_fn)
         return jax.tree.map(jnp.add, totals, out), None
-      totals, _ = jax.lax.scan(body, zero_metrics(), (images, labels, mask))
+      totals, _ = jax.lax.scan(body, metrics.zeros(), (images, labels, mask))
       return totals
     self._evaluate = evaluate
 

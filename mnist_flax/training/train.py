@@ -69,7 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                                        time.perf_counter() - t0)
       test = evaluated['test']
       history.append(record)
-      totals = jax.device_put(steps.train_metrics(), t.replicated)
+      totals = jax.device_put(steps.zero_train_totals(), t.replicated)
       validation = {k: v for k, v in record.items() if k.startswith('validation_')} or None
       save(run, step, state, totals, {'epoch': epoch + 1, 'history': history,
                                       'validation': validation})
@@ -188,7 +188,7 @@ def resume(run: Run, t: Training) -> tuple[TrainState, dict, list[dict]]:
 
   Corrupt newer checkpoints are skipped and moved aside (checkpoints.RunCheckpointer.restore).
   """
-  totals = jax.device_put(steps.train_metrics(), t.replicated)
+  totals = jax.device_put(steps.zero_train_totals(), t.replicated)
   if run.ckpt.latest_step() is None:
     return t.state, totals, []
   target = checkpoints.abstract_like(

@@ -15,20 +15,13 @@ from typing import Optional
 from mnist_flax.parts import metrics
 from mnist_flax.runs import rundir
 
-SPLITS = ('train', 'test', 'validation')
 _SHORT = {'accuracy': 'acc', 'validation': 'val'}  # the console line's abbreviations
-
-
-def record_keys(record: dict) -> list[str]:
-  """The record's metric keys in display order: per split, per registered metric."""
-  keys = [f'{split}_{name}' for split in SPLITS for name in metrics.names()]
-  return [k for k in keys if k in record]
 
 
 def console_line(record: dict, num_epochs: int) -> str:
   """`epoch   2/3  train_loss 0.1234  train_acc 0.9876  test_loss ...  (12.3s)`."""
   parts = [f'epoch {record["epoch"]:3d}/{num_epochs}']
-  for key in record_keys(record):
+  for key in metrics.record_keys(record):
     label = '_'.join(_SHORT.get(word, word) for word in key.split('_'))
     parts.append(f'{label} {record[key]:.4f}')
   return '  '.join(parts) + f'  ({record["seconds"]:.1f}s)'
