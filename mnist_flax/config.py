@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
   # 0.1 smoothing: +0.15 points at 3 epochs (99.40% vs 99.25%, seed 0), same cost (SPEED.md).
   config.label_smoothing = 0.1
 
-  # Regularisation tricks (issue #5; each one field, 0 = off). ema_decay: keep an exponential
+  # Regularisation tricks (each one field, 0 = off). ema_decay: keep an exponential
   # moving average of the weights (and batch stats) with this decay, warmed up as
   # min(decay, (1 + step) / (10 + step)); when > 0 the EMA weights are what is evaluated,
   # checkpointed as part of the state and returned by TrainState.variables().
@@ -105,7 +105,7 @@ def runtime_fields() -> ml_collections.ConfigDict:
   config.tfds_data_dir = ''  # '' -> $TFDS_DATA_DIR, else TFDS default (~/tensorflow_datasets)
   config.download_url = ''  # '' -> $MNIST_DOWNLOAD_URL, else TFDS's (a mirror's base URL)
   config.eval_batch_size = 1000  # evaluation is exact whatever the batch
-  # Checkpoints (issue #7): every epoch end, plus every N steps and/or S seconds (0 = off), plus
+  # Checkpoints: every epoch end, plus every N steps and/or S seconds (0 = off), plus
   # on SIGTERM/SIGINT. Kept: the latest `keep_checkpoints` and the best by `best_metric`
   # ('validation_accuracy' or 'validation_loss'; needs validation_size > 0).
   config.keep_checkpoints = 2
@@ -252,7 +252,7 @@ def _require(cond: bool, field: str, value: Any, valid: str):
 
 
 def _validate_augment(augment) -> None:
-  """The `config.augment` section (issue #5): strengths are maxima of uniform draws."""
+  """The `config.augment` section: strengths are maxima of uniform draws."""
   if augment is None:
     return
   for key in ('translate', 'rotate', 'scale', 'shear', 'elastic_alpha'):

@@ -17,8 +17,7 @@ from mnist_flax import config as config_lib, data, models
 from mnist_flax.models import forward
 from mnist_flax.parts import losses, metrics
 from mnist_flax.reporting import report
-from mnist_flax.training import train
-from mnist_flax.training import evaluation
+from mnist_flax.training import evaluation, train
 from mnist_flax.parts import optim
 from mnist_flax.errors import ConfigError
 

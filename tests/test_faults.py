@@ -18,10 +18,8 @@ from conftest import REPO
 from fault_helpers import (assert_bit_identical, copy_run, make_config, overrides,  # noqa: F401
                            reference_run, state_leaves, steps_on_disk)
 from mnist_flax import config as config_lib
-from mnist_flax.runs import checkpoints
-from mnist_flax.runs import rundir
-from mnist_flax.training import train
-from mnist_flax.training import evaluation
+from mnist_flax.runs import checkpoints, rundir
+from mnist_flax.training import evaluation, train
 from mnist_flax.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
@@ -157,8 +155,8 @@ def test_settings_that_do_not_change_the_numbers_may_change_on_resume():
 
 _HOLD_LOCK = '''
 import sys, time
-from mnist_flax.runs import checkpoints
-checkpoints.WorkdirLock(sys.argv[1]).acquire()
+from mnist_flax.runs import rundir
+rundir.WorkdirLock(sys.argv[1]).acquire()
 print('locked', flush=True)
 time.sleep(600)
 '''
@@ -177,9 +175,9 @@ def test_second_training_is_refused_and_a_killed_holder_leaves_no_lock(
     holder.send_signal(signal.SIGKILL)
     holder.wait()
   assert str(holder.pid) in (run / rundir.LOCK_FILE).read_text()  # a stale lock file ...
-  with checkpoints.WorkdirLock(run):  # ... that does not block anyone
+  with rundir.WorkdirLock(run):  # ... that does not block anyone
     with pytest.raises(CheckpointError, match='in use'):
-      checkpoints.WorkdirLock(run).acquire()  # while held, even in the same process
+      rundir.WorkdirLock(run).acquire()  # while held, even in the same process
 
 
 def test_a_filesystem_without_locks_trains_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
@@ -189,7 +187,7 @@ def test_a_filesystem_without_locks_trains_unguarded_with_a_warning(tmp_path, mo
   def no_locks(fd, op):
     raise OSError(errno.ENOLCK, 'No locks available')
   monkeypatch.setattr(fcntl, 'flock', no_locks)
-  with caplog.at_level(logging.WARNING), checkpoints.WorkdirLock(tmp_path):
+  with caplog.at_level(logging.WARNING), rundir.WorkdirLock(tmp_path):
     pass
   assert 'cannot lock files' in caplog.text
 

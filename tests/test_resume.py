@@ -12,8 +12,7 @@ import pytest
 
 from fault_helpers import (CHECKPOINT_STEPS, TOTAL_STEPS, assert_bit_identical, drive,  # noqa: F401
                            reference_run, steps_on_disk)
-from mnist_flax.runs import checkpoints, preemption
-from mnist_flax.runs import rundir
+from mnist_flax.runs import checkpoints, preemption, rundir
 from mnist_flax.errors import CheckpointError
 
 

@@ -7,8 +7,7 @@ import tensorflow_datasets as tfds
 
 from mnist_flax import config as config_lib, data
 from mnist_flax.reporting import report
-from mnist_flax.training import train
-from mnist_flax.training import evaluation
+from mnist_flax.training import evaluation, train
 from mnist_flax.errors import CheckpointError
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'curves.png', 'checkpoints', 'tensorboard')

@@ -18,9 +18,7 @@ from conftest import tiny_overrides
 from mnist_flax import cli, config as config_lib, data, models
 from mnist_flax.parts import augment
 from mnist_flax.inference import ensemble
-from mnist_flax.training import train
-from mnist_flax.training import steps
-from mnist_flax.training import evaluation
+from mnist_flax.training import evaluation, steps, train
 from mnist_flax.errors import ConfigError
 from mnist_flax.inference import predict as predict_lib
 from mnist_flax.inference.predict import predict

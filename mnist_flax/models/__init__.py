@@ -163,7 +163,7 @@ def max_pool_2x2(x):
 
 @register('fastcnn')
 class FastCNN(nn.Module):
-  """A small BN CNN built for fast CPU inference (the shipped pretrained model, issue #3).
+  """A small BN CNN built for fast CPU inference (the shipped pretrained model).
 
   Why this shape: on XLA's CPU backend the reference CNN's first layer, 32 channels at the full
   28x28, costs most of the time in memory traffic, not arithmetic. Here the input is folded 2x2
@@ -190,7 +190,7 @@ class FastCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
-# ---------------------------------------------------------------------------- speed (#16)
+# ---------------------------------------------------------------------------- speed
 
 
 @register('blockcnn')

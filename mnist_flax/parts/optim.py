@@ -9,8 +9,7 @@ keyword arguments (`--config.optimizer_kwargs.b1=0.95`). `config.schedule` names
 the learning rate (schedule), `params -= lr * weight_decay * params` each step, as in AdamW
 (Loshchilov & Hutter), whatever the optimizer. Optimizers whose optax constructor has a
 `weight_decay` argument (adamw, lion, lamb, nadamw, ...) get it there; for the others
-(sgd, adam, rmsprop, ...) `decoupled_weight_decay` is chained after them. (Before issue #14 it
-was L2 added to the gradient for every optimizer but adamw.)
+(sgd, adam, rmsprop, ...) `decoupled_weight_decay` is chained after them.
 """
 
 from __future__ import annotations

@@ -346,8 +346,3 @@ def read_run_config(workdir: str | pathlib.Path):
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f'{path} is not valid JSON ({e})') from None
 
-
-# ---------------------------------------------------------------------------- the workdir lock
-
-
-WorkdirLock = rundir.WorkdirLock  # kept here for code written before rundir.py

@@ -47,8 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from mnist_flax.serving import batching
-from mnist_flax.inference import predict as predict_lib
-from mnist_flax.inference import preprocess as prep
+from mnist_flax.inference import predict as predict_lib, preprocess as prep
 from mnist_flax.errors import ImageError, ImageTooLargeError, NoDigitError
 
 log = logging.getLogger('mnist_flax.serving.api')

@@ -36,7 +36,6 @@ from mnist_flax.training import distributed, sharding, steps, writers
 from mnist_flax.parts import losses, metrics, optim
 from mnist_flax.reporting import report
 from mnist_flax.errors import NonFiniteLossError
-# Re-exported: code and tests written before issue #14 split this module find them here.
 from mnist_flax.training.steps import TrainState
 
 
@@ -119,7 +118,7 @@ def open_run(config, fresh: bool, cleanup: contextlib.ExitStack) -> Run:
   workdir = config_lib.resolve_workdir(config)
   main = sharding.is_main_process()
   if main:
-    cleanup.enter_context(checkpoints.WorkdirLock(workdir))
+    cleanup.enter_context(rundir.WorkdirLock(workdir))
     moved = rundir.move_run_aside(workdir) if fresh else None
     if moved:
       logging.warning('--fresh: moved the previous run in %s to %s', workdir, moved)
