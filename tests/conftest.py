@@ -51,6 +51,49 @@ def idx_dir():
   return IDX_DIR
 
 
+def write_synthetic_idx(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
+  """MNIST-shaped IDX files (60,000 + 10,000 uint8 28x28 images, labels 0-9) of synthetic digits.
+
+  The fast tier trains on these, so it needs no MNIST files: one fixed random stroke pattern per
+  class, shifted by up to 2 pixels and noised, so a few steps of training learn something.
+  Written uncompressed (about 50 MB, a fraction of a second); IDX headers as the real files.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel  (keeps collection light)
+  rng = np.random.default_rng(seed)
+  templates = np.zeros((10, 32, 32), np.float32)
+  for k in range(10):  # a few thick random strokes per class, inside the 20x20 digit box
+    for _ in range(3):
+      r, c = rng.integers(8, 24, 2)
+      dr, dc = rng.integers(-1, 2, 2)
+      for t in range(8):
+        rr, cc = np.clip([r + t * dr, c + t * dc], 6, 25)
+        templates[k, rr - 1:rr + 2, cc - 1:cc + 2] = 255
+  folder.mkdir(parents=True, exist_ok=True)
+  for prefix, n in (('train', 60000), ('t10k', 10000)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    shifts = rng.integers(0, 5, (n, 2))
+    images = np.empty((n, 28, 28), np.uint8)
+    for k in range(10):  # vectorised per class and shift
+      for dr in range(5):
+        for dc in range(5):
+          sel = (labels == k) & (shifts[:, 0] == dr) & (shifts[:, 1] == dc)
+          images[sel] = templates[k, dr:dr + 28, dc:dc + 28]
+    noise = rng.integers(0, 40, images.shape, dtype=np.uint8)
+    images = np.maximum(images, noise)
+    (folder / f'{prefix}-images-idx3-ubyte').write_bytes(
+        np.array([2051, n, 28, 28], '>u4').tobytes() + images.tobytes())
+    (folder / f'{prefix}-labels-idx1-ubyte').write_bytes(
+        np.array([2049, n], '>u4').tobytes() + labels.tobytes())
+  return folder
+
+
+@pytest.fixture(scope='session')
+def synthetic_idx_dir(tmp_path_factory):
+  """A folder of synthetic MNIST-shaped IDX files (write_synthetic_idx): data for tests where
+  the real digits are not the point."""
+  return write_synthetic_idx(tmp_path_factory.mktemp('synthetic_idx'))
+
+
 @pytest.fixture(scope='session')
 def tfds_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('tfds')

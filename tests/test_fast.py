@@ -29,11 +29,12 @@ SAMPLE = REPO / 'experiments' / 'samples' / '7_mnist_28x28.png'
 
 
 @pytest.fixture(scope='module')
-def run(idx_dir, tmp_path_factory):
-  """A run directory of a 2-step training (narrow CNN on 256 images)."""
+def run(synthetic_idx_dir, tmp_path_factory):
+  """A run directory of a 2-step training (narrow CNN on 256 synthetic images: the fast tier
+  needs no MNIST files)."""
   workdir = tmp_path_factory.mktemp('fast') / 'run'
   config = config_lib.apply_overrides(config_lib.default_config(), [
-      f'idx_dir={idx_dir}', 'data_source=idx', f'workdir={workdir}', 'train_limit=256',
+      f'idx_dir={synthetic_idx_dir}', 'data_source=idx', f'workdir={workdir}', 'train_limit=256',
       'validation_size=0', 'num_epochs=1', 'model_kwargs.features=(4, 8)',
       'model_kwargs.hidden=16', 'progress_bar=false', 'name=fast', 'eval_batch_size=2000'])
   state = train.train_and_evaluate(config)
@@ -67,9 +68,9 @@ def test_readers_of_a_run_directory(run, tmp_path):
   assert 'test acc' in out['report'].read_text()
 
 
-def test_export_and_explore(run, idx_dir, tmp_path):
+def test_export_and_explore(run, synthetic_idx_dir, tmp_path):
   workdir, config, _ = run
-  summary = export.export_model(workdir, tmp_path / 'export', idx_dir=str(idx_dir))
+  summary = export.export_model(workdir, tmp_path / 'export', idx_dir=str(synthetic_idx_dir))
   assert summary['export']['predict_test_correct'] == rundir.read_summary(workdir)['test_correct']
   assert predict.load_classifier(tmp_path / 'export').step is None
   result = explore.explore(config, tmp_path / 'explore')
