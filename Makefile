@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-CONFIG ?= experiments/configs/default.py
+CONFIG ?= default
 ARGS   ?=
 # nox finds its interpreters (python3.11, python3.13) on PATH; pyenv keeps them in versions/*/bin.
 PYENV_BINS := $(shell for d in $$(pyenv root 2>/dev/null)/versions/3.1[1-3]*/bin; do [ -d "$$d" ] && printf '%s:' "$$d"; done)

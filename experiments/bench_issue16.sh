@@ -12,11 +12,11 @@ OUT=${1:-/tmp/mnist_flax_issue16}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 uptime | tee "$OUT/load_start.txt"
-"$PY" experiments/benchmark.py --config experiments/configs/default.py --steps 300 \
-  --seeds-config experiments/configs/speedrun.py --seeds 5 --target 0.99 --warm --phases \
+"$PY" experiments/benchmark.py --config default --steps 300 \
+  --seeds-config speedrun --seeds 5 --target 0.99 --warm --phases \
   --peers flax,keras,torch --peer-epochs "${PEER_EPOCHS:-4}" --scaling \
   --config.workdir="$OUT/speed" --json "$OUT/speed.json" | tee "$OUT/speed.txt"
-"$PY" experiments/benchmark.py --config experiments/configs/fast995.py --no-throughput \
+"$PY" experiments/benchmark.py --config fast995 --no-throughput \
   --seeds 3 --target 0.995 --phases --peak-gflops 1 \
   --config.workdir="$OUT/fast995" --json "$OUT/fast995.json" | tee "$OUT/fast995.txt"
 uptime | tee "$OUT/load_end.txt"

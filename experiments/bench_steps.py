@@ -1,6 +1,6 @@
 """Variants of a config's train step side by side: ms per step, images/s, images per CPU-second.
 
-    python experiments/bench_steps.py --config experiments/configs/speedrun.py \
+    python experiments/bench_steps.py --config speedrun \
         'model=blockcnn' 'model=blockcnn;model_kwargs.crop=0' 'model=fastcnn;model_kwargs.features=(16,32)'
 
 Each argument is one variant: `;`-separated config overrides. Every variant is compiled first in
@@ -26,9 +26,9 @@ def build(config_file: str, variant: str):
   """The compiled train step of one variant and everything it needs to run."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mnist_flax import config as config_lib, models  # pylint: disable=import-outside-toplevel
+  from mnist_flax import config as config_lib, configs, models  # pylint: disable=import-outside-toplevel
   from mnist_flax.training import sharding, steps  # pylint: disable=import-outside-toplevel
-  config = config_lib.apply_overrides(config_lib.load_config_file(config_file, validate=False),
+  config = config_lib.apply_overrides(configs.load(config_file, validate=False),
                                       [v for v in variant.split(';') if v])
   config_lib.validate_config(config)
   mesh = sharding.make_mesh()
@@ -63,14 +63,14 @@ def run(v: dict, steps: int) -> None:
 
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--config', default=str(REPO / 'experiments' / 'configs' / 'speedrun.py'))
+  parser.add_argument('--config', default='speedrun', help='a recipe name or a config file')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--images', type=int, default=3000, help='images per variant and round')
   parser.add_argument('variants', nargs='*', default=[''])
   args = parser.parse_args(argv)
-  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mnist_flax import configs  # pylint: disable=import-outside-toplevel
   from mnist_flax.training import sharding
-  first = config_lib.load_config_file(args.config, validate=False)
+  first = configs.load(args.config, validate=False)
   sharding.setup_cpu_devices(first.get('cpu_devices', 0), first.batch_size)
   variants = [build(args.config, v) for v in args.variants]
   for v in variants:

@@ -1,8 +1,8 @@
 """Benchmark a config: throughput, FLOP rate, compile time, time to a target accuracy, memory,
 the peer recipes side by side, and how the cost of an epoch scales.
 
-    python experiments/benchmark.py --config experiments/configs/default.py [--seeds 3]
-        [--seeds-config experiments/configs/speedrun.py] [--target 0.99] [--steps 200] [--peak-gflops 157] [--phases] [--warm]
+    python experiments/benchmark.py [--config default] [--seeds 3]
+        [--seeds-config speedrun] [--target 0.99] [--steps 200] [--peak-gflops 157] [--phases] [--warm]
         [--peers flax,keras,torch --peer-epochs 3] [--scaling]
         [--json results.json] [--config.FIELD=VALUE ...]
 
@@ -547,7 +547,8 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--config', default=str(REPO / 'experiments' / 'configs' / 'default.py'))
+  parser.add_argument('--config', default='default',
+                      help='a shipped recipe by name or a config file (default: default)')
   parser.add_argument('--seeds-config', default='',
                       help='time --seeds of this config instead of --config (e.g. the speedrun '
                            'beside the reference CNN\'s throughput; overrides apply to both)')
@@ -590,9 +591,9 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> dict:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mnist_flax import config as config_lib, configs  # pylint: disable=import-outside-toplevel
   from mnist_flax.training import sharding
-  config = config_lib.apply_overrides(config_lib.load_config_file(args.config, validate=False),
+  config = config_lib.apply_overrides(configs.load(args.config, validate=False),
                                       overrides)
   config_lib.validate_config(config)
   # Same device split as `mnist-flax train`, before JAX starts.

@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout without install
 
 # Each run takes well under a minute on the shared 2-core CPU.
 RUNS = {
-    'default': ('experiments/configs/default.py',
+    'default': ('default',
                 ['train_limit=4096', 'validation_size=512', 'num_epochs=2']),
-    'best': ('experiments/configs/best.py',
+    'best': ('best',
              ['train_limit=2048', 'num_epochs=2', 'model_kwargs.features=(16, 32)',
               'model_kwargs.hidden=64']),
 }
@@ -54,10 +54,10 @@ def leaf_hashes(tree) -> dict[str, str]:
 
 
 def run_one(name: str, idx_dir: str, workdir: pathlib.Path) -> dict:
-  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mnist_flax import config as config_lib, configs  # pylint: disable=import-outside-toplevel
   from mnist_flax.training import train
-  path, overrides = RUNS[name]
-  config = config_lib.load_config_file(REPO / path, validate=False)
+  recipe, overrides = RUNS[name]
+  config = configs.load(recipe, validate=False)
   config = config_lib.apply_overrides(
       config, COMMON + overrides + [f'idx_dir={idx_dir}', f'workdir={workdir / name}'])
   state = train.train_and_evaluate(config)

@@ -57,7 +57,7 @@ train() {  # train NAME TIMEOUT ARGS...: one run, its summary appended to summar
 }
 
 # 1. Smoke run; fall back to this project's tested library versions if the machine's fail.
-SMOKE=(--config experiments/configs/default.py --config.num_epochs=1 --config.train_limit=6000
+SMOKE=(--config default --config.num_epochs=1 --config.train_limit=6000
        --config.validation_size=1000)
 if ! train smoke 150 "${SMOKE[@]}"; then
   log "smoke run failed with the machine's libraries; trying .whl_alt"
@@ -70,8 +70,8 @@ fi
 
 # 2. Timings, one process alone on the GPU (SKIP_TIMINGS=1 skips them).
 if [ "${SKIP_TIMINGS:-0}" != 1 ]; then
-  train default 120 --config experiments/configs/default.py
-  train accelerator 150 --config experiments/configs/accelerator.py
+  train default 120 --config default
+  train accelerator 150 --config accelerator
 fi
 
 # 2b. Issue #16's recipes, one process at a time (ISSUE16=1): speedrun (5 seeds), fast995 and
@@ -79,13 +79,13 @@ fi
 # reference CNN's images/s. summaries.jsonl has each run's accuracy and training seconds, the
 # log each process's wall time.
 if [ "${ISSUE16:-0}" = 1 ]; then
-  for s in 0 1 2 3 4; do train "speedrun-s$s" 60 --config experiments/configs/speedrun.py --config.seed=$s; done
+  for s in 0 1 2 3 4; do train "speedrun-s$s" 60 --config speedrun --config.seed=$s; done
   for cfg in fast995 fastbest best; do
-    for s in 0 1 2; do train "$cfg-s$s" 300 --config "experiments/configs/$cfg.py" --config.seed=$s; done
+    for s in 0 1 2; do train "$cfg-s$s" 300 --config "$cfg" --config.seed=$s; done
   done
   if [ "$(left)" -ge 30 ]; then
     timeout "$(( $(left) > 90 ? 90 : $(left) ))" $PY experiments/benchmark.py \
-      --config experiments/configs/default.py --steps 300 --peak-gflops 1 2>&1 | tee -a "$OUT/log.txt"
+      --config default --steps 300 --peak-gflops 1 2>&1 | tee -a "$OUT/log.txt"
   else
     log "skipped the reference CNN benchmark (deadline)"
   fi
@@ -93,7 +93,7 @@ fi
 
 # 3. The sweep: validation-scored (5,000 held out), several processes share the GPU.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.1
-BEST=(--config experiments/configs/best.py --config.validation_size=5000)
+BEST=(--config best --config.validation_size=5000)
 if [ "${SWEEP:-1}" = 0 ]; then
 JOBS=()
 elif [ "${SWEEP:-1}" = 1 ]; then  # seeds, a longer schedule, one-trick-off ablations

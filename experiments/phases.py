@@ -1,6 +1,6 @@
 """`mnist-flax train ...` with timers around each phase: where a whole training process goes.
 
-    python experiments/phases.py train --config experiments/configs/speedrun.py [--config.X=Y ...]
+    python experiments/phases.py train --config speedrun [--config.X=Y ...]
 
 Runs the very CLI a user runs (`mnist_flax.cli.main`), with wall-clock timers wrapped around the
 library functions of each phase from the outside (nothing in the package changes), and XLA's
@@ -61,7 +61,7 @@ def _timed(owner, name: str, label: str) -> None:
 def _instrument() -> None:
   t = time.perf_counter()
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_flax import cli, config, data  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (timed as imports)
+  from mnist_flax import cli, config, configs, data  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (timed as imports)
   from mnist_flax.runs import checkpoints
   from mnist_flax.reporting import report
   from mnist_flax.training import steps, writers
@@ -72,7 +72,7 @@ def _instrument() -> None:
       _add('compile', seconds)
   jax.monitoring.register_event_duration_secs_listener(on_duration)
 
-  _timed(config, 'load_config_file', 'config')
+  _timed(configs, 'load', 'config')  # a recipe by name or a file by path
   _timed(config, 'validate_config', 'config')
   _timed(data, 'load_datasets', 'data')
   _timed(steps, 'init_train_state', 'init')

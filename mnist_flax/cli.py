@@ -1,6 +1,6 @@
 """`mnist-flax`: a thin launcher over the library.
 
-    mnist-flax train [--config FILE] [--config.FIELD=VALUE ...]
+    mnist-flax train [--config NAME|FILE] [--config.FIELD=VALUE ...]
     mnist-flax eval --workdir DIR
     mnist-flax explore [--out DIR]
     mnist-flax report --workdir DIR [--compare DIR2 ...]
@@ -37,9 +37,9 @@ def _quiet_logs():
 
 
 def _load_config(args, overrides):
-  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
-  if args.config:
-    config = config_lib.load_config_file(args.config, validate=False)
+  from mnist_flax import config as config_lib, configs  # pylint: disable=import-outside-toplevel
+  if args.config:  # a shipped recipe's name (mnist_flax/configs/) or a .py file's path
+    config = configs.load(args.config, validate=False)
   else:  # the default config lives in the package: works without the repository checkout
     config = config_lib.default_config()
   config = config_lib.apply_overrides(config, overrides)
@@ -222,6 +222,12 @@ def _top_k(text: str) -> int:
   return value
 
 
+# The shipped recipes are mnist_flax/configs/*.py (configs.names(); tests/test_config.py checks
+# this list against it, so `--help` stays light to start).
+CONFIG_HELP = ('a shipped recipe: accelerator, best, default, fast995, fastbest, robust or '
+               'speedrun; or the path of a Python file with get_config() (default: default)')
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='mnist-flax', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -229,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('train', help='train a config and evaluate it on the test set',
                      epilog='Override any config field with --config.FIELD=VALUE, '
                             'e.g. --config.num_epochs=2 --config.learning_rate=0.001')
-  p.add_argument('--config', help='config file with get_config() (default: experiments/configs/default.py)')
+  p.add_argument('--config', help=CONFIG_HELP)
   p.add_argument('--fresh', action='store_true',
                  help='start over in a workdir holding another run (moved to <workdir>.replaced-<time>)')
   p.set_defaults(func=cmd_train, accepts_overrides=True)
@@ -254,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('explore', help='plot sample digits, class counts and mean digits (PNGs)',
                      epilog='Reads the data a config trains on; --config.FIELD=VALUE overrides '
                             'apply, e.g. --config.idx_dir=/path/to/mnist')
-  p.add_argument('--config', help='config file (default: experiments/configs/default.py)')
+  p.add_argument('--config', help=CONFIG_HELP)
   p.add_argument('--out', default='runs/explore', help='output folder (default: runs/explore)')
   p.set_defaults(func=cmd_explore, accepts_overrides=True)
 
@@ -271,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      'pretrained model)')
   p.add_argument('files', nargs='+', metavar='FILE', help='image files (PNG, JPEG, ...; any size)')
   p.add_argument('--workdir', action='append',
-                 help='run directory or exported model (default: checkpoints/pretrained); repeat '
+                 help='run directory or exported model (default: the shipped model); repeat '
                       'it for an ensemble (averaged probabilities); DIR@best or DIR@STEP picks '
                       'a step of that member')
   p.add_argument('--checkpoint', default='latest',
@@ -287,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('serve', help='a page to draw digits on and a JSON API (POST /v1/predict), '
                                    "batched; needs the 'serve' extra")
   p.add_argument('--workdir', action='append',
-                 help='run directory or exported model (default: checkpoints/pretrained); repeat '
+                 help='run directory or exported model (default: the shipped model); repeat '
                       'it for an ensemble; DIR@best or DIR@STEP picks a step')
   p.add_argument('--checkpoint', default='latest',
                  help="a run directory's step: latest (default), best (by validation) or a number")
@@ -310,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_serve)
 
   p = sub.add_parser('export', help="write a run's inference-only model (small; what ships in "
-                                    'checkpoints/pretrained)')
+                                    'mnist_flax/pretrained)')
   p.add_argument('--workdir', required=True, help='run directory written by `mnist-flax train`')
   p.add_argument('--out', required=True, help='output directory')
   p.add_argument('--idx-dir', help='MNIST IDX folder for the accuracy check (default: $MNIST_IDX_DIR)')

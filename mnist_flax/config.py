@@ -1,11 +1,11 @@
 """Configs: load a `get_config()` file, apply `--config.field=value` overrides, validate.
 
-Every config is an `ml_collections.ConfigDict` built by a file in `experiments/configs/`. The
-default config (`default_config()` here, which `experiments/configs/default.py` returns, so
-the library works without the repository checkout) is the schema: a config may not carry a field the
-default does not know, and each field keeps the default's type. Validation happens before any
-JAX computation, and every problem is one `ConfigError` naming the field, the value and what
-would be valid.
+Every config is an `ml_collections.ConfigDict` built by a `get_config()`: a shipped recipe's
+(`mnist_flax/configs/`, by name) or a Python file's (by path). The default config
+(`default_config()` here, which the `default` recipe returns) is the schema: a config may not
+carry a field the default does not know, and each field keeps the default's type. Validation
+happens before any JAX computation, and every problem is one `ConfigError` naming the field, the
+value and what would be valid.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ import ast
 import importlib.util
 import os
 import pathlib
+from types import ModuleType
 from typing import Any, Iterable
 
 import ml_collections
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_FILE = REPO_ROOT / 'experiments' / 'configs' / 'default.py'
-
 
 from mnist_flax.errors import ConfigError  # noqa: F401  (re-exported)
 
@@ -28,9 +25,9 @@ from mnist_flax.errors import ConfigError  # noqa: F401  (re-exported)
 def default_config() -> ml_collections.ConfigDict:
   """The default config: the schema that every other config must fit.
 
-  Defined here, not in a file of the checkout, so that an installed package has it too;
-  `experiments/configs/default.py` returns it unchanged. Its figures: see that file. The
-  hyperparameters come first; the runtime-only fields (`runtime_fields()`) after them.
+  The `default` recipe (mnist_flax/configs/default.py) returns it unchanged; its figures: see
+  that file. The hyperparameters come first; the runtime-only fields (`runtime_fields()`) after
+  them.
   """
   config = ml_collections.ConfigDict()
   # Model: a name from mnist_flax.models.MODELS, with keyword arguments for it.
@@ -137,25 +134,31 @@ FREE_FORM_SECTIONS = ('model_kwargs', 'optimizer_kwargs')  # accept any key (che
 
 
 def load_config_file(path: str | os.PathLike, validate: bool = True) -> ml_collections.ConfigDict:
-  """Imports `path` and returns its `get_config()`."""
+  """Imports `path` and returns its `get_config()` (a recipe by name: `configs.load`)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConfigError(f'config file {str(path)!r} does not exist; pass a Python file with a '
-                      f'get_config() function, e.g. {DEFAULT_CONFIG_FILE}')
+                      f'get_config() function, or the name of a shipped recipe (e.g. default)')
   spec = importlib.util.spec_from_file_location(f'mnist_flax_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
   except Exception as e:  # the user's file: report, do not crash with a traceback
     raise ConfigError(f'config file {str(path)!r} failed to import: {type(e).__name__}: {e}') from e
+  return config_of_module(module, f'config file {str(path)!r}', validate)
+
+
+def config_of_module(module: ModuleType, label: str,
+                     validate: bool = True) -> ml_collections.ConfigDict:
+  """`module.get_config()`, checked; `label` names the module in errors."""
   if not hasattr(module, 'get_config'):
-    raise ConfigError(f'config file {str(path)!r} has no get_config() function')
+    raise ConfigError(f'{label} has no get_config() function')
   try:
     config = module.get_config()
   except Exception as e:  # e.g. ConfigDict's type safety: c.batch_size = 'big'
-    raise ConfigError(f'{path}: get_config() failed: {type(e).__name__}: {e}') from e
+    raise ConfigError(f'{label}: get_config() failed: {type(e).__name__}: {e}') from e
   if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict, '
+    raise ConfigError(f'{label}: get_config() must return an ml_collections.ConfigDict, '
                       f'got {type(config).__name__}')
   if validate:
     validate_config(config)

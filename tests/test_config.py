@@ -1,6 +1,7 @@
 import pytest
 
-from mnist_flax import config as config_lib
+from conftest import REPO
+from mnist_flax import cli, config as config_lib, configs
 from mnist_flax.errors import ConfigError
 
 pytestmark = pytest.mark.fast
@@ -78,24 +79,54 @@ def test_unknown_field_and_wrong_type_in_a_config_file(tmp_path, default):
     config_lib.load_config_file(tmp_path / 'missing.py')
 
 
-def test_default_config_needs_no_repository_checkout(monkeypatch, tmp_path):
-  # An installed (non-editable) package has no experiments/ folder: the schema is in the package.
-  from_file = config_lib.load_config_file(config_lib.REPO_ROOT / 'experiments/configs/default.py')
-  monkeypatch.setattr(config_lib, 'DEFAULT_CONFIG_FILE', tmp_path / 'missing.py')
-  monkeypatch.setattr(config_lib, 'REPO_ROOT', tmp_path)
-  assert config_lib.default_config().to_dict() == from_file.to_dict()
+def test_the_default_recipe_is_the_default_config():
+  assert configs.load('default').to_dict() == config_lib.default_config().to_dict()
   assert config_lib.default_config().validation_size == 5000  # issue #5: held out by default
 
 
-@pytest.mark.parametrize('path, overrides', [
-    (path, []) for path in sorted((config_lib.REPO_ROOT / 'experiments' / 'configs').glob('*.py'))
-] + [(config_lib.REPO_ROOT / 'experiments/configs/an_cnn.py', [f'model={m}']) for m in ('m3', 'm7')],
-    ids=lambda p: p.stem if hasattr(p, 'stem') else ','.join(p))
-def test_every_shipped_config_validates_and_builds_its_model(path, overrides):
+RESEARCH = sorted((REPO / 'experiments' / 'configs').glob('*.py'))
+
+
+def test_the_recipes_are_the_modules_of_the_configs_package_and_the_cli_help_names_them():
+  package = REPO / 'mnist_flax' / 'configs'
+  expected = sorted(p.stem for p in package.glob('*.py') if not p.stem.startswith('_'))
+  assert configs.names() == expected and 'speedrun' in expected
+  assert not set(expected) & {p.stem for p in RESEARCH}  # each config lives in one place
+  listed = cli.CONFIG_HELP.split(': ', 1)[1].split(';')[0].replace(' or ', ', ').split(', ')
+  assert sorted(listed) == expected
+
+
+@pytest.mark.parametrize('source', ['speedrum', 'speedrun.py', 'experiments/configs/speedrun'])
+def test_a_recipe_name_or_a_path_else_one_error(source, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # no file of that name here
+  with pytest.raises(ConfigError) as error:
+    configs.load(source)
+  message = str(error.value)
+  if source == 'speedrum':  # a name: the known recipes listed
+    assert "unknown config 'speedrum'" in message and ', '.join(configs.names()) in message
+  else:  # a path: the file named
+    assert repr(source) in message and 'does not exist' in message
+
+
+def test_a_path_loads_the_file_even_where_it_shares_a_recipe_name(tmp_path, monkeypatch):
+  (tmp_path / 'speedrun.py').write_text(
+      'from mnist_flax.configs import speedrun\n'
+      'def get_config():\n  c = speedrun.get_config()\n  c.num_epochs = 7\n  return c\n')
+  monkeypatch.chdir(tmp_path)
+  assert configs.load('speedrun.py').num_epochs == 7  # the file, built on the recipe
+  assert configs.load('speedrun').num_epochs == 1  # the recipe
+
+
+@pytest.mark.parametrize('source, overrides', [
+    (name, []) for name in configs.names()
+] + [(path, []) for path in RESEARCH]
+  + [(REPO / 'experiments/configs/an_cnn.py', [f'model={m}']) for m in ('m3', 'm7')],
+    ids=lambda p: p.stem if hasattr(p, 'stem') else str(p) if isinstance(p, str) else ','.join(p))
+def test_every_shipped_config_validates_and_builds_its_model(source, overrides):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from mnist_flax import models  # pylint: disable=import-outside-toplevel
-  config = config_lib.apply_overrides(config_lib.load_config_file(path, validate=False), overrides)
+  config = config_lib.apply_overrides(configs.load(source, validate=False), overrides)
   config_lib.validate_config(config)
   model = models.get_model(config)
   logits = jax.eval_shape(lambda: model.init_with_output(

@@ -20,7 +20,7 @@ from mnist_flax.training import train
 from mnist_flax.errors import CheckpointError, ConfigError
 
 SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))
-PRETRAINED = REPO / 'checkpoints' / 'pretrained'
+PRETRAINED = REPO / 'mnist_flax' / 'pretrained'
 
 
 @pytest.fixture(scope='module')
@@ -220,7 +220,7 @@ def test_shipped_model_is_small_and_as_accurate_as_its_summary(mnist_test):
   images, labels = mnist_test
   assert export.directory_size(PRETRAINED) <= 5 * 1024 * 1024
   summary = json.loads((PRETRAINED / 'summary.json').read_text())
-  classifier = predict.load_classifier()  # the default: checkpoints/pretrained
+  classifier = predict.load_classifier()  # the default: the shipped mnist_flax/pretrained
   assert classifier.directory == predict.PRETRAINED_DIR
   correct = int((classifier.probabilities(images).argmax(1) == labels).sum())
   assert correct == summary['test_correct'] == summary['export']['predict_test_correct']

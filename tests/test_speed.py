@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnist_flax import config as config_lib, models
+from conftest import REPO
+from mnist_flax import config as config_lib, configs, models
+from mnist_flax.parts import optim
 from mnist_flax.reporting import report
 from mnist_flax.training import train
-from mnist_flax.parts import optim
 
 
 def count_params(tree):
@@ -74,8 +75,7 @@ def test_adam_betas_reach_the_optimizer():
 
 
 def test_shipped_speedrun_config_uses_blockcnn_and_validates():
-  config = config_lib.load_config_file(config_lib.REPO_ROOT / 'experiments' / 'configs' /
-                                       'speedrun.py')
+  config = configs.load('speedrun')
   assert config.model == 'blockcnn' and config.validation_size == 0
 
 
@@ -89,13 +89,12 @@ def test_end_of_run_report_can_be_turned_off(tiny_config):
 
 def test_bench_steps_times_every_variant_in_interleaved_rounds():
   import importlib.util  # pylint: disable=import-outside-toplevel
-  path = config_lib.REPO_ROOT / 'experiments' / 'bench_steps.py'
+  path = REPO / 'experiments' / 'bench_steps.py'
   spec = importlib.util.spec_from_file_location('bench_steps', path)
   bench_steps = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(bench_steps)
   tiny = 'model=cnn;model_kwargs.features=(4, 8);model_kwargs.hidden=8;batch_size=64'
-  out = bench_steps.main(['--config', str(config_lib.REPO_ROOT / 'experiments' / 'configs' /
-                                          'default.py'), '--rounds', '2', '--images', '128',
+  out = bench_steps.main(['--config', 'default', '--rounds', '2', '--images', '128',
                           tiny, tiny + ';model=blockcnn;model_kwargs={}'])
   assert [len(v['rounds']) for v in out] == [2, 2]
   assert all(r['ms_per_step'] > 0 and r['images_per_s'] > 0 for v in out for r in v['rounds'])

@@ -1,8 +1,9 @@
-"""The pretrained model that shipped in checkpoints/pretrained/ for issue #3 (fast to run,
->= 99.4%); since issue #15 the shipped one is `robust.py`'s (the same network, wider warps).
+"""The recipe of the pretrained model shipped for issue #3 (fast to run, >= 99.4%); since issue
+#15 the shipped one (mnist_flax/pretrained/) is the `robust` recipe's (same network, wider warps).
 
 Run:   flock /tmp/mnist_cpu.lock mnist-flax train --config experiments/configs/pretrained.py
-       mnist-flax export --workdir checkpoints/pretrained_run --out checkpoints/pretrained
+       mnist-flax export --workdir checkpoints/pretrained_run --out mnist_flax/pretrained \
+           --overwrite
 Reach: see checkpoints/README.md (test accuracy, training time, machine; measured).
 
 `fastcnn` (models.py) keeps every layer at 14x14 or 7x7, so `mnist-flax predict` runs a batch

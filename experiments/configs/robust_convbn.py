@@ -1,20 +1,19 @@
-"""`best.py` (ConvBN, EMA, AdamW) with the stronger warps of `robust.py`, 8 epochs: the larger
-candidate for a model that holds on handwriting from outside MNIST (issue #15).
+"""The `best` recipe (ConvBN, EMA, AdamW) with the stronger warps of the `robust` recipe, 8
+epochs: the larger candidate for a model that holds on handwriting from outside MNIST (issue #15).
 
 Run:   nice -n 5 mnist-flax train --config experiments/configs/robust_convbn.py
 """
 
-import pathlib
-
 import ml_collections
 
-from mnist_flax.config import default_config, load_config_file
+from mnist_flax.config import default_config
+from mnist_flax.configs import robust
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = default_config()
   config.name = 'robust_convbn_run'
-  config.model = 'convbn'  # as best.py
+  config.model = 'convbn'  # as best
   config.model_kwargs = ml_collections.ConfigDict({'features': (32, 64), 'hidden': 128,
                                                    'dropout': 0.25})
   config.optimizer = 'adamw'
@@ -27,7 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.num_epochs = 8
   config.validation_size = 0
-  # robust.py's warps, defined there once.
-  robust = load_config_file(pathlib.Path(__file__).with_name('robust.py'), validate=False)
-  config.augment = robust.augment
+  # The robust recipe's warps, defined there once.
+  config.augment = robust.get_config().augment
   return config

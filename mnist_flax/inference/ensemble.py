@@ -5,7 +5,7 @@
 * An ensemble averages the (TTA-averaged) probabilities of several members. A member is a run
   directory (its latest checkpoint, with EMA weights when the run kept them), `DIR@STEP` for one
   of its kept checkpoints, `DIR@best` for its best-by-validation one, or an exported model
-  (`mnist-flax export`, e.g. checkpoints/pretrained); typically the same recipe trained with
+  (`mnist-flax export`, e.g. mnist_flax/pretrained); typically the same recipe trained with
   different seeds.
 
 `load_ensemble` returns an `EnsembleClassifier` with the API of a single `Classifier`

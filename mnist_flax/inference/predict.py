@@ -5,7 +5,7 @@
   the same forward pass (`predict_logits`).
 * `load_classifier(directory)`: restores the inference variables (params, plus batch_stats, or
   their EMA when the run kept one) of a run directory (`mnist-flax train`) or of an exported
-  model (`mnist-flax export`, e.g. the shipped `checkpoints/pretrained/`) onto this machine's
+  model (`mnist-flax export`, e.g. the shipped `mnist_flax/pretrained/`) onto this machine's
   first device, through an abstract target: a model trained on a TPU or on 8 devices loads on a
   CPU; nothing is unpickled; an empty, foreign or corrupt directory is one `CheckpointError`.
 * `classify(inputs)`: file paths, numpy arrays or PIL images -> per image the label, its
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import importlib.util
 import json
 import math
@@ -38,7 +39,8 @@ from mnist_flax.errors import CheckpointError
 from mnist_flax.models.forward import predict
 from mnist_flax.runs.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
 
-PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / 'checkpoints' / 'pretrained'
+# The shipped model is package data, so a plain `pip install` has it wherever it runs.
+PRETRAINED_DIR = pathlib.Path(importlib.resources.files('mnist_flax')) / 'pretrained'
 RUN_CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
 MAX_BATCH = 1024  # images per jitted call; smaller batches are padded to a power of two
 
@@ -281,7 +283,7 @@ def load_classifier(directory: str | pathlib.Path | None = None, sharding=None,
   """
   directory = pathlib.Path(directory) if directory else PRETRAINED_DIR
   if not directory.exists():
-    hint = (' (the pretrained model ships with the repository checkout: run from a clone, or pass '
+    hint = (' (the pretrained model ships inside the mnist_flax package: reinstall it, or pass '
             '--workdir)') if directory == PRETRAINED_DIR else ''
     raise CheckpointError(f'{directory}: no such directory{hint}')
   if not directory.is_dir():

@@ -8,7 +8,7 @@ one would have. Images are float (N, 28, 28, 1) in [0, 1]; outputs have the same
 
 Each image is resampled once (bilinear, zero outside the frame) at coordinates that compose the
 affine map and the elastic displacement, so stacking the two costs no extra blur. The strengths
-come from `config.augment` (see experiments/configs/default.py); all zero means no-op (the batch
+come from `config.augment` (see mnist_flax/configs/default.py); all zero means no-op (the batch
 is returned untouched and nothing is compiled for it).
 """
 

@@ -3,7 +3,7 @@ warmup + cosine over 12 epochs; final EMA weights, no validation split (final tr
 test-set selection of weights.
 
 Run (one seed; repeat with --config.seed=1, 2 and ensemble them, see experiments/RESULTS.md):
-  mnist-flax train --config experiments/configs/best.py --config.seed=0 \
+  mnist-flax train --config best --config.seed=0 \
       --config.workdir=checkpoints/best-e12-s0
   mnist-flax ensemble --workdir checkpoints/best-e12-s0 --workdir checkpoints/best-e12-s1 \
       --workdir checkpoints/best-e12-s2

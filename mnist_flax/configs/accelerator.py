@@ -1,6 +1,6 @@
 """GPU/TPU config: the reference CNN with a larger global batch and bfloat16 compute.
 
-Run:   mnist-flax train --config experiments/configs/accelerator.py
+Run:   mnist-flax train --config accelerator
        (Kaggle TPU v5e-8 / several hosts: the same command; the batch is split over all chips)
 Reach: one NVIDIA H100 80GB (JAX 0.11.2, 2026-11-26, experiments/gpu_check.sh): 99.22% test
        (validation 99.20%) after 10 epochs, 6.4 s of training (epoch 1 with compilation 6.0 s,

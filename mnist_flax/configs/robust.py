@@ -1,13 +1,14 @@
-"""The model shipped in checkpoints/pretrained/ since issue #15: `pretrained.py`'s recipe
-(fastcnn, so the same speed at prediction) with stronger warps, for digits written outside MNIST.
+"""The shipped model's recipe (mnist_flax/pretrained/, since issue #15): the recipe of the model
+shipped before it (experiments/configs/pretrained.py; fastcnn, so the same speed at prediction)
+with stronger warps, for digits written outside MNIST.
 
 Drawings on the page, phone photos and other writers' digits differ from MNIST in slant, size,
 aspect and stroke shape more than in anything a 28x28 CNN cannot handle; wider affine ranges and
 a mild elastic distortion (a third of Simard et al.'s strength, which cost accuracy on MNIST in
 RESULTS.md) train the model on more of that variety.
 
-Run:   nice -n 5 mnist-flax train --config experiments/configs/robust.py
-       mnist-flax export --workdir checkpoints/robust_run --out checkpoints/pretrained --overwrite
+Run:   nice -n 5 mnist-flax train --config robust
+       mnist-flax export --workdir checkpoints/robust_run --out mnist_flax/pretrained --overwrite
 Reach: 99.49% on MNIST test (224 s of training on the shared 2-core CPU); 98.0% mean over the
 non-MNIST sets of experiments/handwriting.py (see checkpoints/README.md).
 """

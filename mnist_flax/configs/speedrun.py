@@ -1,7 +1,7 @@
 """Speedrun: the fastest recipe found to 99.0% test accuracy on a 2-core CPU (issues #4, #16).
 
-Run:   mnist-flax train --config experiments/configs/speedrun.py
-Bench: python experiments/benchmark.py --config experiments/configs/speedrun.py --seeds 5 \
+Run:   mnist-flax train --config speedrun
+Bench: python experiments/benchmark.py --config speedrun --seeds 5 \
            --target 0.99 --phases
 Reach: 99.18% mean test accuracy over seeds 0-4 (99.14-99.21). 2-core AMD EPYC (Zen 4), JAX
        0.10.2, 2026-12-01, quiet machine (load 1.3-1.8): 4.4 s of training and 7.2 s of process
