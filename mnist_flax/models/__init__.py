@@ -13,13 +13,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mnist_flax.models.cpu_conv import conv_for_backend
-from mnist_flax.registry import registrar
+from mnist_flax.registry import Registry
 
-MODELS: dict[str, type[nn.Module]] = {}
-
-
-register = registrar(MODELS, 'model')
-register.__doc__ = 'Class decorator: makes a module selectable as `config.model = name`.'
+MODELS: Registry[type[nn.Module]] = Registry('model', 'mnist_flax.models.register')
+# Class decorator: makes a module selectable as `config.model = name`.
+register = MODELS.register
 
 
 @register('cnn')
@@ -230,7 +228,7 @@ class BlockCNN(nn.Module):
 
 def get_model(config) -> nn.Module:
   """Instantiates `config.model` with `config.model_kwargs` and the config's compute dtype."""
-  cls = MODELS[config.model]
+  cls = MODELS.get(config.model)
   kwargs = dict(config.get('model_kwargs') or {})
   for key, value in kwargs.items():  # ConfigDict stores tuples as lists after a JSON round trip
     if isinstance(value, list):

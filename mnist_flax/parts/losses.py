@@ -21,14 +21,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mnist_flax.registry import registrar
+from mnist_flax.registry import Registry
 
 Loss = Callable[..., jax.Array]
-LOSSES: dict[str, Loss] = {}
-
-
-register = registrar(LOSSES, 'loss')
-register.__doc__ = 'Function decorator: makes a loss selectable as `config.loss = name`.'
+LOSSES: Registry[Loss] = Registry('loss', 'mnist_flax.parts.losses.register')
+# Function decorator: makes a loss selectable as `config.loss = name`.
+register = LOSSES.register
 
 
 @register('cross_entropy')
@@ -42,4 +40,4 @@ def cross_entropy(logits, labels, *, label_smoothing: float = 0.0):
 
 def get_loss(config) -> Loss:
   """The loss function `config.loss` names (default: cross-entropy)."""
-  return LOSSES[config.get('loss', 'cross_entropy')]
+  return LOSSES.get(config.get('loss', 'cross_entropy'))
