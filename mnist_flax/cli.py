@@ -250,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       'optional test-time augmentation (TTA)')
   p.add_argument('--workdir', required=True, action='append',
                  help='run directory (or DIR@STEP, DIR@best); repeat for each member')
-  p.add_argument('--tta', default='none', choices=['none', 'shift', 'shift_rotate'],
-                 help='test-time views averaged per member (default: none)')
+  p.add_argument('--tta', default='none',
+                 help='test-time views averaged per member: none (default), shift, shift_rotate '
+                      'or one registered in ensemble.TTA_VIEWS')
   p.add_argument('--split', default='test', choices=['test', 'validation'],
                  help='score on the test set (reporting, default) or on the validation split '
                       '(choosing members/TTA; members need the same --config.validation_size)')

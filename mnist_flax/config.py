@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from mnist_flax import registry
 from mnist_flax.errors import ConfigError  # noqa: F401  (re-exported)
 
 
@@ -35,9 +36,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict()
   config.dtype = 'float32'  # compute dtype; parameters stay float32
 
-  # Optimizer and schedule (mnist_flax/parts/optim.py): any optax optimizer by name ('adam', 'adamw',
-  # 'lion', 'sgd', ...; aliases 'momentum' and 'nesterov' use config.momentum), with
-  # optimizer_kwargs its other arguments; a schedule of optim.SCHEDULES.
+  # Optimizer and schedule (mnist_flax/parts/optim.py): a name from optim.OPTIMIZERS ('momentum'
+  # and 'nesterov' use config.momentum) or any optax / optax.contrib optimizer ('adam', 'adamw',
+  # 'lion', 'sgd', 'muon', ...), with optimizer_kwargs its other arguments; a schedule from
+  # optim.SCHEDULES.
   config.optimizer = 'adam'
   config.optimizer_kwargs = ml_collections.ConfigDict()
   config.learning_rate = 3e-3
@@ -90,6 +92,12 @@ def runtime_fields() -> ml_collections.ConfigDict:
   """
   config = ml_collections.ConfigDict()
   config.name = 'default'
+  # Your code: module names (on sys.path) or .py files that every command imports before it
+  # resolves a name, so the models, losses, metrics, optimizers, schedules, data sets, sources
+  # and TTA views they register exist in train, eval, predict, report, ensemble, export, serve
+  # and explore alike. A relative .py path in a config file is relative to that file's folder
+  # (elsewhere: to the working directory); config.json holds it absolute.
+  config.imports = ()
   # Run directory: '' -> checkpoints/<name>.
   config.workdir = ''
   # Data (mnist_flax/data/sources.py). data_source: 'idx' (a local folder of the four IDX
@@ -160,6 +168,8 @@ def config_of_module(module: ModuleType, label: str,
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f'{label}: get_config() must return an ml_collections.ConfigDict, '
                       f'got {type(config).__name__}')
+  if config.get('imports'):
+    resolve_imports(config, path.resolve().parent)
   if validate:
     validate_config(config)
   return config
@@ -186,6 +196,14 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
       raise ConfigError(f'config.{key}={text!r}: expected a float') from None
   if isinstance(current, str):
     return text
+  if isinstance(current, (tuple, list)):  # a literal, or --config.imports=my_models.py,other
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    if isinstance(value, str):
+      return tuple(item.strip() for item in value.split(',') if item.strip())
+    return value
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
@@ -240,6 +258,8 @@ def _check_against_schema(config, schema, prefix=''):
     if expected is None or value is None:
       continue
     ok = isinstance(value, type(expected))
+    if isinstance(expected, (tuple, list)):  # JSON (config.json) turns tuples into lists
+      ok = isinstance(value, (tuple, list))
     if isinstance(expected, float) and isinstance(value, int) and not isinstance(value, bool):
       ok = True
     if isinstance(expected, int) and not isinstance(expected, bool) and isinstance(value, bool):
@@ -280,6 +300,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   schema = default_config()
   _check_against_schema(config, schema)
   get = lambda k: config.get(k, schema.get(k))  # noqa: E731
+  import_user_modules(config)  # before any name is looked up: they may register it
   _validate_parts(get)
   _validate_training(get)
   _validate_augment(get('augment'))
@@ -292,17 +313,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
 
 
 def _validate_parts(get) -> None:
-  """The names that pick a model, an optimizer, a schedule and a loss from their registries."""
+  """The names that pick a model, an optimizer, a schedule and a loss: each registry says."""
   # Function-level imports: they pull in JAX, which the CLI may need to configure first.
   from mnist_flax import models  # pylint: disable=import-outside-toplevel
   from mnist_flax.parts import losses, optim  # pylint: disable=import-outside-toplevel
-  _require(get('model') in models.MODELS, 'model', get('model'), f'one of {sorted(models.MODELS)}')
-  _require(optim.optimizer_constructor(get('optimizer')) is not None, 'optimizer',
-           get('optimizer'), 'an optax optimizer taking learning_rate (adam, adamw, lion, sgd, '
-           f'...) or one of {sorted(optim.ALIASES)}')
-  _require(get('schedule') in optim.SCHEDULES, 'schedule', get('schedule'),
-           f'one of {sorted(optim.SCHEDULES)}')
-  _require(get('loss') in losses.LOSSES, 'loss', get('loss'), f'one of {sorted(losses.LOSSES)}')
+  models.MODELS.get(get('model'))
+  optim.OPTIMIZERS.get(get('optimizer'))
+  optim.SCHEDULES.get(get('schedule'))
+  losses.LOSSES.get(get('loss'))
   _require(get('dtype') in ('float32', 'bfloat16', 'float16'), 'dtype', get('dtype'),
            "'float32', 'bfloat16' or 'float16'")
 
@@ -322,13 +340,11 @@ def _validate_training(get) -> None:
 
 def _validate_data(get) -> None:
   """The data fields, against the data set's split sizes (data.MNIST)."""
-  from mnist_flax.data import spec  # pylint: disable=import-outside-toplevel  (start-up time)
-  _require(get('dataset') in spec.DATASETS, 'dataset', get('dataset'),
-           f'one of {sorted(spec.DATASETS)} (mnist_flax.data.register_dataset adds one)')
-  dataset = spec.DATASETS[get('dataset')]
+  # pylint: disable-next=import-outside-toplevel  (start-up time)
+  from mnist_flax.data import sources, spec
+  dataset = spec.DATASETS.get(get('dataset'))
   full = dataset.num_train
-  _require(get('data_source') in ('auto', 'idx', 'tfds', 'download'), 'data_source',
-           get('data_source'), "'auto', 'idx', 'tfds' or 'download'")
+  sources.SOURCES.get(get('data_source'))
   _require(not get('download_url') or get('download_url').startswith(('http://', 'https://')),
            'download_url', get('download_url'), "an http:// or https:// base URL ('' = TFDS's)")
   _require(0 <= get('validation_size') < full, 'validation_size', get('validation_size'),
@@ -394,6 +410,31 @@ def _validate_kwargs(config, get) -> None:
   except TypeError as e:
     raise ConfigError(f'config.optimizer_kwargs={kwargs} does not fit optimizer '
                       f'{get("optimizer")!r}: {e}') from None
+
+
+def _imports(config) -> tuple[str, ...]:
+  entries = config.get('imports') or ()
+  if isinstance(entries, str) or not all(isinstance(e, str) and e.strip() for e in entries):
+    raise ConfigError(f'config.imports={entries!r} is invalid: a list of module names or .py '
+                      "paths, e.g. ('my_models', 'parts/my_losses.py')")
+  return tuple(entries)
+
+
+def resolve_imports(config: ml_collections.ConfigDict,
+                    base_dir: str | os.PathLike | None = None) -> ml_collections.ConfigDict:
+  """Makes `config.imports`' relative .py paths absolute, relative to `base_dir` (a config
+  file's folder; default: the working directory), in place, so that config.json names files
+  that later commands find from any directory. Module names stay as they are."""
+  base = pathlib.Path(base_dir) if base_dir is not None else None
+  config.imports = tuple(registry.resolve_import(e, base) for e in _imports(config))
+  return config
+
+
+def import_user_modules(config) -> None:
+  """Imports the modules and files `config.imports` names (each once per process), so that the
+  parts they register can be found. Called wherever a config enters: validating a new config and
+  loading a run directory or exported model. ConfigError names an entry that cannot be imported."""
+  registry.import_modules(_imports(config))
 
 
 def resolve_workdir(config: ml_collections.ConfigDict) -> pathlib.Path:

@@ -57,15 +57,15 @@ class Registry(Generic[T]):
   def register(self, name, obj=None):
     """`@register(name)` on a class or function, or `register(name, obj)`; returns `obj`.
 
-    A second, different object under one name is an error naming what holds it, so two
-    extensions cannot silently replace each other.
+    A second registration of a name is an error naming what holds it, so two extensions cannot
+    silently replace each other (`import_modules` runs each user file once per process).
     """
     if not isinstance(name, str) or not name:
       raise ValueError(f'a {self.kind} name must be a non-empty string, got {name!r}')
 
     def add(obj: T) -> T:
       held = self._table.get(name)
-      if held is not None and held is not obj:
+      if held is not None:
         raise ValueError(f'{self.kind} name {name!r} is already registered to {_describe(held)}')
       self._table[name] = obj
       return obj

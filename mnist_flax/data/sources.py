@@ -11,6 +11,8 @@
 * `auto` (default): `idx` if a folder is given, else `tfds` if a prepared copy is readable here
   or TensorFlow is installed to prepare one, else `download`.
 
+Each is a function of `SOURCES` (a `Registry`); `SOURCES.register('name')` adds one.
+
 Whatever the source, the arrays are identical: `spec.canonical_order` (TFDS's order, which TFDS
 sources already have) is applied to the file order of the others. Nothing here is cached besides
 the verified downloads: parsing the IDX files takes about half a second.
@@ -20,15 +22,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from mnist_flax.data import download, idx, tfds_source
 from mnist_flax.data.spec import MNIST, canonical_order
 from mnist_flax.errors import DataError
-
-SOURCES = ('auto', 'idx', 'tfds', 'download')
+from mnist_flax.registry import Registry
 
 
 def resolve_idx_dir(config) -> Optional[str]:
@@ -47,6 +48,11 @@ def download_cache_dir(config) -> pathlib.Path:
   return tfds_data_dir(config) / 'downloads' / 'mnist_idx'
 
 
+SOURCES: Registry[Callable] = Registry('data source', 'mnist_flax.data.sources.SOURCES.register')
+"""name -> load(config) returning ({train,test}_{images,labels} uint8 arrays in the canonical
+order, a description of where they came from)."""
+
+
 def choose_source(config) -> str:
   """The source `auto` stands for here (see the module docstring)."""
   source = config.get('data_source', 'auto')
@@ -61,22 +67,36 @@ def choose_source(config) -> str:
 
 def load_arrays(config) -> tuple[dict[str, np.ndarray], str]:
   """`{train,test}_{images,labels}` uint8 arrays (images N x 28 x 28) and where they came from."""
-  source = choose_source(config)
-  if source == 'idx':
-    folder = resolve_idx_dir(config)
-    if not folder:
-      raise DataError(f'config.data_source="idx" needs a folder: set config.idx_dir or '
-                      f'${idx.IDX_DIR_ENV}. ' + idx.OFFLINE_HELP)
-    return _canonical(idx.read_idx_dir(folder)), f'local IDX files in {folder}'
-  if source == 'download':
-    paths = download.fetch_idx_files(download_cache_dir(config), config.get('download_url', ''))
-    arrays = idx.check_labels({key: idx.read_idx(path, *idx.IDX_FILES[key][1:])
-                               for key, path in paths.items()}, paths)
-    return _canonical(arrays), f'IDX files downloaded from {download.base_url(config.get("download_url", ""))}'
-  if source == 'tfds':
-    data_dir = tfds_data_dir(config)
-    return tfds_source.load(data_dir), f'TFDS mnist in {data_dir}'
-  raise DataError(f'config.data_source={source!r}: expected one of {", ".join(SOURCES)}')
+  return SOURCES.get(config.get('data_source', 'auto'))(config)
+
+
+@SOURCES.register('auto')
+def _auto(config):
+  return SOURCES.get(choose_source(config))(config)
+
+
+@SOURCES.register('idx')
+def _idx(config):
+  folder = resolve_idx_dir(config)
+  if not folder:
+    raise DataError(f'config.data_source="idx" needs a folder: set config.idx_dir or '
+                    f'${idx.IDX_DIR_ENV}. ' + idx.OFFLINE_HELP)
+  return _canonical(idx.read_idx_dir(folder)), f'local IDX files in {folder}'
+
+
+@SOURCES.register('download')
+def _download(config):
+  paths = download.fetch_idx_files(download_cache_dir(config), config.get('download_url', ''))
+  arrays = idx.check_labels({key: idx.read_idx(path, *idx.IDX_FILES[key][1:])
+                             for key, path in paths.items()}, paths)
+  where = download.base_url(config.get('download_url', ''))
+  return _canonical(arrays), f'IDX files downloaded from {where}'
+
+
+@SOURCES.register('tfds')
+def _tfds(config):
+  data_dir = tfds_data_dir(config)
+  return tfds_source.load(data_dir), f'TFDS mnist in {data_dir}'
 
 
 def _canonical(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

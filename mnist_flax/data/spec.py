@@ -22,6 +22,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from mnist_flax.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -44,24 +46,24 @@ class DatasetSpec:
     return self.split_sizes['test']
 
 
-MNIST = DatasetSpec(name='mnist', image_shape=(28, 28, 1), num_classes=10,
-                    split_sizes={'train': 60000, 'test': 10000})
-DATASETS: dict[str, DatasetSpec] = {MNIST.name: MNIST}
+DATASETS: Registry[DatasetSpec] = Registry(
+    'data set', 'mnist_flax.data.register_dataset(DatasetSpec({name}, image_shape, num_classes, '
+    'split_sizes, load))')
+MNIST = DATASETS.register('mnist', DatasetSpec(name='mnist', image_shape=(28, 28, 1),
+                                               num_classes=10,
+                                               split_sizes={'train': 60000, 'test': 10000}))
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
   """Makes a data set selectable as `config.dataset = spec.name` (it needs a `load`)."""
-  if spec.name in DATASETS:
-    raise ValueError(f'data set {spec.name!r} is already registered')
   if spec.load is None:
     raise ValueError(f'data set {spec.name!r} needs a load(config) function')
-  DATASETS[spec.name] = spec
-  return spec
+  return DATASETS.register(spec.name, spec)
 
 
 def spec_of(config) -> DatasetSpec:
   """The record of the data set `config.dataset` names (default: MNIST)."""
-  return DATASETS[config.get('dataset', MNIST.name)]
+  return DATASETS.get(config.get('dataset', MNIST.name))
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,7 +1,7 @@
 """Test-time augmentation (TTA) and ensembles of checkpoints, on top of `predict.Classifier`.
 
 * TTA averages the class probabilities of a few fixed views of each image (the identity plus
-  one-pixel shifts, optionally small rotations): `TTA_VIEWS`.
+  one-pixel shifts, optionally small rotations): `TTA_VIEWS`, a `Registry` of named views.
 * An ensemble averages the (TTA-averaged) probabilities of several members. A member is a run
   directory (its latest checkpoint, with EMA weights when the run kept them), `DIR@STEP` for one
   of its kept checkpoints, `DIR@best` for its best-by-validation one, or an exported model
@@ -32,26 +32,21 @@ from mnist_flax.parts import augment
 from mnist_flax.inference import predict as predict_lib
 from mnist_flax.errors import ConfigError
 from mnist_flax.models.forward import to_float
+from mnist_flax.registry import Registry
 
 # name -> views as (row shift, column shift, rotation in degrees); the identity comes first.
-TTA_VIEWS: dict[str, tuple[tuple[float, float, float], ...]] = {
-    'none': ((0, 0, 0),),
-    'shift': ((0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0)),
-    'shift_rotate': ((0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 8),
-                     (0, 0, -8)),
-}
-
-
-def tta_views(name: str):
-  if name not in TTA_VIEWS:
-    raise ConfigError(f'unknown TTA {name!r}; valid: {", ".join(TTA_VIEWS)}')
-  return TTA_VIEWS[name]
+TTA_VIEWS: Registry[tuple[tuple[float, float, float], ...]] = Registry(
+    'TTA', 'mnist_flax.inference.ensemble.TTA_VIEWS.register({name}, ((0, 0, 0), (1, 0, 0), ...))')
+TTA_VIEWS.register('none', ((0, 0, 0),))
+TTA_VIEWS.register('shift', ((0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0)))
+TTA_VIEWS.register('shift_rotate', ((0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0),
+                                    (0, 0, 8), (0, 0, -8)))
 
 
 _view = jax.jit(augment.shift_images, static_argnums=(1, 2, 3))
 
 
-def view_probabilities(classifier, images, views=TTA_VIEWS['none']) -> np.ndarray:
+def view_probabilities(classifier, images, views=TTA_VIEWS.get('none')) -> np.ndarray:
   """(N, 10) probabilities of one classifier, averaged over the TTA `views` of `images`
   (uint8 [0, 255] or float [0, 1], (N, 28, 28[, 1]))."""
   images = np.asarray(images)
@@ -81,7 +76,7 @@ class EnsembleClassifier(predict_lib.ClassifierBase):
     return ' + '.join(self.names or ['?']) + tta
 
   def member_probabilities(self, images) -> list[np.ndarray]:
-    views = tta_views(self.tta)
+    views = TTA_VIEWS.get(self.tta)
     return [view_probabilities(member, images, views) for member in self.members]
 
   def probabilities(self, images) -> np.ndarray:
@@ -105,7 +100,6 @@ def load_ensemble(specs: Sequence[str | pathlib.Path | None], tta: str = 'none',
   A member is `DIR`, `DIR@STEP`, `DIR@best` or `DIR@latest`; without `@`, `checkpoint` applies.
   Loads with `predict.load_classifier` (no TensorFlow), each onto this machine's first device.
   """
-  tta_views(tta)  # an unknown TTA name fails before anything loads
   if not specs:
     raise ConfigError('an ensemble needs at least one member (a run directory)')
   members = []
@@ -113,6 +107,7 @@ def load_ensemble(specs: Sequence[str | pathlib.Path | None], tta: str = 'none',
     directory, which = parse_member(spec) if spec else ('', '')
     members.append(predict_lib.load_classifier(directory or None, sharding,
                                                checkpoint=which or checkpoint))
+  TTA_VIEWS.get(tta)  # after loading: a member's config.imports may register it
   return EnsembleClassifier(members=members, tta=tta,
                             names=[str(s) if s else 'pretrained' for s in specs])
 

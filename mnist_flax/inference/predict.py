@@ -31,10 +31,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import models
+from mnist_flax import config as config_lib, models
 from mnist_flax.models import forward
 from mnist_flax.runs import rundir
-from mnist_flax.data.spec import DATASETS, MNIST
+from mnist_flax.data.spec import MNIST, spec_of
 from mnist_flax.errors import CheckpointError
 from mnist_flax.models.forward import predict
 from mnist_flax.runs.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
@@ -93,9 +93,7 @@ def _describe_layout(directory: pathlib.Path) -> str:
 
 def _model_of(config, directory: pathlib.Path):
   name = config.get('model')
-  if name not in models.MODELS:
-    raise CheckpointError(f'{directory} holds a model {name!r} that this version of mnist_flax '
-                          f'does not know; known models: {", ".join(sorted(models.MODELS))}')
+  models.MODELS.get(name)  # unknown: the registry's ConfigError, naming config.imports
   try:
     return models.get_model(config)
   except (TypeError, KeyError, ValueError) as e:
@@ -146,7 +144,7 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
   """
   directory = pathlib.Path(directory)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = abstract_variables(model, sharding, _dataset(config, directory).image_shape)
+  target = abstract_variables(model, sharding, spec_of(config).image_shape)
   if (directory / VARIABLES_DIR).is_dir():
     if str(checkpoint) != 'latest':
       raise CheckpointError(f'{directory} is an exported model with one set of weights; '
@@ -172,15 +170,6 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
   step, variables = rundir.first_that_loads(candidates, load, (CheckpointError,),
                                             directory / RUN_CHECKPOINT_DIR)
   return variables, step
-
-
-def _dataset(config, directory: pathlib.Path):
-  """The data set record the run was trained on (its image shape is the model's input)."""
-  name = config.get('dataset', MNIST.name)
-  if name not in DATASETS:
-    raise CheckpointError(f'{directory} was trained on data set {name!r}, which is not registered '
-                          f'in this process (known: {", ".join(sorted(DATASETS))})')
-  return DATASETS[name]
 
 
 def _require_finite_weights(variables: dict, directory: pathlib.Path) -> dict:
@@ -294,6 +283,7 @@ def load_classifier(directory: str | pathlib.Path | None = None, sharding=None,
     raise CheckpointError(f'{directory} is not a mnist_flax run directory: no {CONFIG_FILE}; '
                           f'{_describe_layout(directory)}')
   config = ml_collections.ConfigDict(_read_json(directory / CONFIG_FILE, 'config'))
+  config_lib.import_user_modules(config)  # the run's own parts (config.imports)
   model = _model_of(config, directory)
   variables, step = restore_with_step(directory, model, config, sharding, checkpoint)
   summary = (_read_json(directory / SUMMARY_FILE, 'summary')

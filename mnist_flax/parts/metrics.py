@@ -13,8 +13,10 @@ TensorBoard, the console line and report.md's epoch table. Adding one is a funct
       top2 = jnp.argsort(out.logits, -1)[:, -2:]
       return jnp.sum(jnp.any(top2 == out.labels[:, None], -1) & out.mask)
 
-`loss` and `accuracy` are built in; their accumulators keep the names checkpoints have always
-held (`loss`, `correct`, `count`), so old mid-epoch checkpoints resume.
+Register it in a module named in `config.imports`, so that a resumed run finds it too (a
+checkpoint that accumulates a metric no module registers is refused). `loss` and `accuracy` are
+built in; their accumulators keep the names checkpoints have always held (`loss`, `correct`,
+`count`), so old mid-epoch checkpoints resume.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from mnist_flax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,16 +50,14 @@ class Metric:
   builtin: bool = False  # checkpointed in the state tree (else in the checkpoint's meta JSON)
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry('metric', 'mnist_flax.parts.metrics.register')
 COUNT = 'count'
 
 
 def register(name: str, dtype=jnp.float32, total: str | None = None):
   """Function decorator: adds a per-epoch metric, averaged over examples."""
   def wrap(fn):
-    if name in METRICS:
-      raise ValueError(f'metric {name!r} is already registered')
-    METRICS[name] = Metric(name, total or name, fn, dtype)
+    METRICS.register(name, Metric(name, total or name, fn, dtype))
     return fn
   return wrap
 
@@ -64,8 +66,9 @@ def _correct(out: Outputs):
   return jnp.sum((jnp.argmax(out.logits, -1) == out.labels) & out.mask)
 
 
-METRICS['loss'] = Metric('loss', 'loss', lambda out: out.loss_sum, jnp.float32, builtin=True)
-METRICS['accuracy'] = Metric('accuracy', 'correct', _correct, jnp.int32, builtin=True)
+METRICS.register('loss', Metric('loss', 'loss', lambda out: out.loss_sum, jnp.float32,
+                                builtin=True))
+METRICS.register('accuracy', Metric('accuracy', 'correct', _correct, jnp.int32, builtin=True))
 
 
 def zeros() -> dict:
@@ -99,14 +102,10 @@ def extra_totals(totals: dict) -> dict:
   return {k: v.item() for k, v in host.items()}
 
 
-def names() -> list[str]:
-  return list(METRICS)
-
-
 SPLITS = ('train', 'test', 'validation')
 
 
 def record_keys(record: dict) -> list[str]:
   """The record's metric keys in display order: per split, per registered metric."""
-  keys = [f'{split}_{name}' for split in SPLITS for name in names()]
+  keys = [f'{split}_{name}' for split in SPLITS for name in METRICS.names()]
   return [k for k in keys if k in record]

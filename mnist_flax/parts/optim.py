@@ -1,13 +1,26 @@
 """Optimizers and learning-rate schedules by name (big_vision style): one function builds both.
 
-`config.optimizer` is any optax optimizer constructor taking `learning_rate` ('adam', 'adamw',
-'lion', 'sgd', 'lamb', ...) or one of the aliases below; `config.optimizer_kwargs` are its other
-keyword arguments (`--config.optimizer_kwargs.b1=0.95`). `config.schedule` names a schedule of
-`SCHEDULES`. Nothing else in the package knows optimizer names.
+`config.optimizer` names an optimizer of `OPTIMIZERS` (registered here or in your module) or, when
+none is registered under it, any optax or optax.contrib constructor taking `learning_rate`
+('adam', 'adamw', 'lion', 'sgd', 'lamb', 'muon', 'prodigy', ...); `config.optimizer_kwargs` are
+its other keyword arguments (`--config.optimizer_kwargs.b1=0.95`). A registered optimizer that
+takes a `momentum` argument gets `config.momentum` unless optimizer_kwargs give it.
+`config.schedule` names a schedule of `SCHEDULES`: `fn(config, total_steps, steps_per_epoch)`
+returning an optax schedule. Yours, in a module named in `config.imports`:
+
+    from mnist_flax.parts import optim
+
+    @optim.OPTIMIZERS.register('sgd_clipped')
+    def sgd_clipped(learning_rate, momentum, clip=1.0):
+      return optax.chain(optax.clip_by_global_norm(clip), optax.sgd(learning_rate, momentum))
+
+    @optim.SCHEDULES.register('step_decay')
+    def step_decay(config, total_steps, steps_per_epoch):
+      return optax.exponential_decay(config.learning_rate, steps_per_epoch, 0.5, staircase=True)
 
 **Weight decay means one thing**: `config.weight_decay` is decoupled weight decay multiplied by
 the learning rate (schedule), `params -= lr * weight_decay * params` each step, as in AdamW
-(Loshchilov & Hutter), whatever the optimizer. Optimizers whose optax constructor has a
+(Loshchilov & Hutter), whatever the optimizer. Optimizers whose constructor has a
 `weight_decay` argument (adamw, lion, lamb, nadamw, ...) get it there; for the others
 (sgd, adam, rmsprop, ...) `decoupled_weight_decay` is chained after them.
 """
@@ -15,29 +28,68 @@ the learning rate (schedule), `params -= lr * weight_decay * params` each step, 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-# Names that are not optax functions: (optax constructor, config -> its extra keyword arguments).
-ALIASES: dict[str, tuple[str, Callable[[Any], dict]]] = {
-    'momentum': ('sgd', lambda config: {'momentum': config.momentum}),
-    'nesterov': ('sgd', lambda config: {'momentum': config.momentum, 'nesterov': True}),
-}
+from mnist_flax.registry import Registry
+
 RESERVED_KWARGS = ('learning_rate', 'weight_decay')  # come from their own config fields
+Constructor = Callable[..., optax.GradientTransformation]
 
 
+def _takes_learning_rate(fn) -> bool:
+  try:
+    return callable(fn) and 'learning_rate' in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def _optax_optimizer(name: str) -> Optional[Constructor]:
+  """`optax.<name>`, else `optax.contrib.<name>`, when it is a constructor taking learning_rate."""
+  if not name or name.startswith('_') or '.' in name:
+    return None
+  for module in (optax, optax.contrib):
+    fn = getattr(module, name, None)
+    if _takes_learning_rate(fn):
+      return fn
+  return None
+
+
+OPTIMIZERS: Registry[Constructor] = Registry(
+    'optimizer', 'mnist_flax.parts.optim.OPTIMIZERS.register', fallback=_optax_optimizer,
+    fallback_names='any optax or optax.contrib optimizer taking learning_rate (adam, adamw, lion, '
+                   'sgd, muon, ...)')
+Schedule = Callable[..., optax.Schedule]  # (config, total_steps, steps_per_epoch) -> schedule
+SCHEDULES: Registry[Schedule] = Registry('schedule', 'mnist_flax.parts.optim.SCHEDULES.register')
+
+
+@OPTIMIZERS.register('momentum')
+def _sgd_momentum(learning_rate, momentum: float, **kwargs):
+  """SGD with heavy-ball momentum `config.momentum`."""
+  return optax.sgd(learning_rate, momentum=momentum, **kwargs)
+
+
+@OPTIMIZERS.register('nesterov')
+def _sgd_nesterov(learning_rate, momentum: float, **kwargs):
+  """SGD with Nesterov momentum `config.momentum`."""
+  return optax.sgd(learning_rate, momentum=momentum, nesterov=True, **kwargs)
+
+
+@SCHEDULES.register('constant')
 def _constant(config, total_steps, steps_per_epoch):
   return optax.constant_schedule(config.learning_rate)
 
 
+@SCHEDULES.register('cosine')
 def _cosine(config, total_steps, steps_per_epoch):
   return optax.cosine_decay_schedule(config.learning_rate, total_steps)
 
 
+@SCHEDULES.register('warmup_cosine')
 def _warmup_cosine(config, total_steps, steps_per_epoch):
   warmup = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
   # optax needs a cosine part of at least one step: a one-step run (a smoke test) gets two.
@@ -45,24 +97,9 @@ def _warmup_cosine(config, total_steps, steps_per_epoch):
                                             max(total_steps, 2))
 
 
+@SCHEDULES.register('onecycle')
 def _onecycle(config, total_steps, steps_per_epoch):
   return optax.cosine_onecycle_schedule(total_steps, config.learning_rate)
-
-
-SCHEDULES = {'constant': _constant, 'cosine': _cosine, 'warmup_cosine': _warmup_cosine,
-             'onecycle': _onecycle}
-
-
-def optimizer_constructor(name: str) -> Callable[..., optax.GradientTransformation] | None:
-  """The optax constructor `name` stands for, or None when there is none."""
-  fn = getattr(optax, ALIASES[name][0] if name in ALIASES else name, None)
-  if not callable(fn) or name.startswith('_'):
-    return None
-  try:
-    params = inspect.signature(fn).parameters
-  except (TypeError, ValueError):
-    return None
-  return fn if 'learning_rate' in params else None
 
 
 def decoupled_weight_decay(weight_decay: float, schedule) -> optax.GradientTransformation:
@@ -79,18 +116,21 @@ def decoupled_weight_decay(weight_decay: float, schedule) -> optax.GradientTrans
 
 
 def make_schedule(config, steps_per_epoch: int):
-  return SCHEDULES[config.schedule](config, config.num_epochs * steps_per_epoch, steps_per_epoch)
+  return SCHEDULES.get(config.schedule)(config, config.num_epochs * steps_per_epoch,
+                                        steps_per_epoch)
 
 
 def make_optimizer(config, steps_per_epoch: int):
   """The optax transformation and its learning-rate schedule, from config names."""
   schedule = make_schedule(config, steps_per_epoch)
   name = config.optimizer
-  fn = optimizer_constructor(name)
-  kwargs = ALIASES[name][1](config) if name in ALIASES else {}
-  kwargs.update(dict(config.get('optimizer_kwargs') or {}))
+  fn = OPTIMIZERS.get(name)
+  params = inspect.signature(fn).parameters
+  kwargs = dict(config.get('optimizer_kwargs') or {})
+  if name in OPTIMIZERS.names() and 'momentum' in params and 'momentum' not in kwargs:
+    kwargs['momentum'] = config.momentum
   decay = config.get('weight_decay', 0.0)
-  native = 'weight_decay' in inspect.signature(fn).parameters
+  native = 'weight_decay' in params
   if native:
     kwargs['weight_decay'] = decay
   tx = fn(learning_rate=schedule, **kwargs)

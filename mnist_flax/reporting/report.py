@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mnist_flax import files
+from mnist_flax import config as config_lib, files
 from mnist_flax.parts import metrics
 from mnist_flax.reporting import plots
 from mnist_flax.runs import rundir
@@ -261,5 +261,6 @@ def _schedule_from_config(run: RunFiles) -> Optional[tuple[list, list]]:
   import ml_collections
   from mnist_flax.parts import optim
   config = ml_collections.ConfigDict(run.config)
+  config_lib.import_user_modules(config)  # a schedule of the run's own (config.imports)
   schedule = optim.make_schedule(config, steps_per_epoch)
   return optim.schedule_points(schedule, config.num_epochs * steps_per_epoch)

@@ -12,7 +12,7 @@ import pathlib
 import jax
 import ml_collections
 
-from mnist_flax import data, models
+from mnist_flax import config as config_lib, data, models
 from mnist_flax.runs import checkpoints, rundir
 from mnist_flax.parts import losses, metrics
 from mnist_flax.training import sharding, steps
@@ -38,6 +38,7 @@ def restore_state(workdir: str | pathlib.Path, step: int | str | None = None):
   """
   workdir = pathlib.Path(workdir)
   config = checkpoints.read_run_config(workdir)
+  config_lib.import_user_modules(config)  # the run's own parts (config.imports)
   step = None if step in (None, 'latest') else checkpoints.select_step(workdir, step)
   mesh = sharding.make_mesh()
   ckpt = checkpoints.RunCheckpointer(workdir, keep=config.get('keep_checkpoints', 2),

@@ -87,9 +87,11 @@ def prepare(config, workdir=None) -> tuple[ml_collections.ConfigDict, Any]:
 
   Starts the devices: the CPU split and jax.distributed come before anything touches them.
   """
+  config = ml_collections.ConfigDict(config.to_dict())
   if workdir is not None:
-    config = ml_collections.ConfigDict(config.to_dict())
     config.workdir = str(workdir)
+  # config.json names the files of config.imports absolutely: later commands run from anywhere.
+  config_lib.resolve_imports(config)
   config_lib.validate_config(config)
   sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
   distributed.initialize(config)  # several processes: before anything touches the devices
@@ -196,9 +198,15 @@ def resume(run: Run, t: Training) -> tuple[TrainState, dict, list[dict]]:
   history = meta.get('history')
   if history is None:  # a checkpoint from before histories were checkpointed
     history = [r for r in rundir.read_metrics(run.workdir) if r['epoch'] <= meta['epoch']]
-  for key, value in (meta.get('extra_metrics') or {}).items():  # registered metrics (metrics.py)
-    if key in totals:
-      totals[key] = jax.device_put(np.asarray(value, totals[key].dtype), t.replicated)
+  extra = meta.get('extra_metrics') or {}  # registered metrics' accumulators (metrics.py)
+  missing = sorted(set(extra) - set(totals))
+  if missing:  # else the epoch's record would silently lose them
+    raise errors.ConfigError(
+        f'the checkpoint of step {meta["step"]} in {run.workdir} accumulates metric(s) '
+        f'{", ".join(missing)} that no module registers in this process; name the module that '
+        'registers them in config.imports')
+  for key, value in extra.items():
+    totals[key] = jax.device_put(np.asarray(value, totals[key].dtype), t.replicated)
   logging.info('resumed from step %d (epoch %d) in %s', meta['step'], meta['epoch'], run.workdir)
   return restored['state'], dict(totals, **restored['metrics']), history
 
@@ -252,10 +260,10 @@ def epoch_record(run: Run, t: Training, state, totals, epoch: int, step: int, se
   record.update({f'train_{k}': v for k, v in metrics.compute(train).items()})
   evaluated = {split: evaluator(state.variables()) for split, evaluator in t.evaluators.items()}
   for split, values in evaluated.items():
-    record.update({f'{split}_{k}': values[k] for k in metrics.names()})
+    record.update({f'{split}_{k}': values[k] for k in metrics.METRICS.names()})
   if state.ema:  # what the EMA adds, measured on the same run
     raw = t.evaluators['test'](state.raw_variables())
-    record.update({f'test_{k}_raw': raw[k] for k in metrics.names()})
+    record.update({f'test_{k}_raw': raw[k] for k in metrics.METRICS.names()})
   record.update(learning_rate=float(t.schedule(step - 1)), seconds=seconds)
   return record, evaluated
 
@@ -328,7 +336,7 @@ def finish(run: Run, t: Training, state, history: list[dict], test: Optional[dic
 def summary(run: Run, t: Training, state, history: list[dict], final: dict, step: int) -> dict:
   """summary.json: the final test metrics, what ran where, and the last validation figures."""
   config = run.config
-  out = {f'test_{k}': final[k] for k in metrics.names()}
+  out = {f'test_{k}': final[k] for k in metrics.METRICS.names()}
   out.update(test_correct=final['correct'], epochs=config.num_epochs, steps=step,
              train_seconds=sum(r['seconds'] for r in history),
              devices=sharding.describe_devices(), num_devices=t.mesh.devices.size,
