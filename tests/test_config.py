@@ -43,9 +43,16 @@ def test_bad_overrides_name_the_field(default, override, message):
     ('learning_rate=-1', 'learning_rate.*must be > 0'),
     ('batch_size=0', 'batch_size.*must be >= 1'),
     ('num_epochs=0', 'num_epochs.*must be >= 1'),
-    ('model=resnet9000', "model='resnet9000'.*one of"),
-    ('optimizer=sgdx', 'optimizer.*one of'),
-    ('schedule=linear', 'schedule.*one of'),
+    ('model=resnet9000', "unknown model 'resnet9000'; known: cnn, .*config.imports"),
+    ('optimizer=sgdx', "unknown optimizer 'sgdx'; known: momentum, nesterov or any optax"),
+    ('schedule=linear', "unknown schedule 'linear'; known: constant, "),
+    ('loss=hinge', "unknown loss 'hinge'; known: cross_entropy.*; register one with "
+                   r"@mnist_flax.parts.losses.register\('hinge'\) in a module named in "
+                   'config.imports'),
+    ('dataset=cifar', "unknown data set 'cifar'; known: mnist"),
+    ('data_source=s3', "unknown data source 's3'; known: auto, idx, "),
+    ('imports=no_such_module_xyz', "cannot import 'no_such_module_xyz' named in config.imports: "
+                                   'No module named'),
     ('dtype=float64', 'dtype'),
     ('model_kwargs.width=3', 'model_kwargs.*does not fit'),
 ])

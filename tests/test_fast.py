@@ -48,7 +48,7 @@ def test_training_writes_a_complete_run_directory(run):
                rundir.REPORT_FILE, rundir.TENSORBOARD_DIR):
     assert (workdir / name).exists(), name
   (record,) = rundir.read_metrics(workdir)
-  assert {f'{s}_{m}' for s in ('train', 'test') for m in metrics.names()} <= set(record)
+  assert {f'{s}_{m}' for s in ('train', 'test') for m in metrics.METRICS.names()} <= set(record)
   assert rundir.step_numbers(workdir) == [2]
 
 
