@@ -168,8 +168,8 @@ def config_of_module(module: ModuleType, label: str,
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f'{label}: get_config() must return an ml_collections.ConfigDict, '
                       f'got {type(config).__name__}')
-  if config.get('imports'):
-    resolve_imports(config, path.resolve().parent)
+  if config.get('imports') and getattr(module, '__file__', None):  # relative to the file's folder
+    resolve_imports(config, pathlib.Path(module.__file__).resolve().parent)
   if validate:
     validate_config(config)
   return config

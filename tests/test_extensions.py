@@ -11,7 +11,6 @@ would leak into other tests.
 import json
 import pathlib
 import shutil
-import textwrap
 
 import jax
 import jax.numpy as jnp
