@@ -20,6 +20,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # user's (and other processes write it meanwhile), and a test must not depend on what it holds.
 os.environ['MNIST_FLAX_CACHE'] = ''
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -135,3 +136,18 @@ def run_cli(args, env=None, timeout=600, cwd=None):
   """Runs `mnist-flax ARGS` in a subprocess; returns the CompletedProcess."""
   return subprocess.run([sys.executable, '-m', 'mnist_flax.cli', *args], capture_output=True,
                         text=True, env=env, timeout=timeout, cwd=cwd or REPO)
+
+
+# Two XLA programs running the same weights (another batch size or device count, another CPU's
+# kernels) sum in another order: the tiny CNN's probabilities moved by up to 1.3e-6 (logits: 8e-6)
+# between batches of 8 and of 1,000 on one CPU. Only an image whose two most probable classes are
+# about that close can change its predicted class; NEAR_TIE is ~75x that margin.
+NEAR_TIE = 1e-4
+
+
+def near_ties(probabilities, within=NEAR_TIE) -> int:
+  """How many rows of (N, classes) `probabilities` have their top two within `within`: the
+  most by which two counts of correct predictions of the same weights may differ when they come
+  from different programs or machines (any other difference is a bug)."""
+  top2 = np.sort(np.asarray(probabilities, np.float64), axis=-1)[..., -2:]
+  return int(np.sum(top2[..., 1] - top2[..., 0] < within))

@@ -76,12 +76,25 @@ def state_leaves(workdir, step=None) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
+def named_state_leaves(workdir, step=None) -> dict[str, np.ndarray]:
+  """`state_leaves` by path ('.params['Conv_0']['kernel']', '.opt_state...', '.ema...')."""
+  import jax
+  from mnist_flax.training import evaluation
+  _, _, state, _ = evaluation.restore_state(workdir, step)
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
 def assert_bit_identical(workdir, reference):
-  got, want = state_leaves(workdir), state_leaves(reference)
-  assert len(got) == len(want)
-  for a, b in zip(got, want):
-    assert a.dtype == b.dtype and a.shape == b.shape
-    assert a.tobytes() == b.tobytes()  # bit for bit, not approximately
+  """The full TrainState of the latest checkpoints (params, batch statistics, EMA, optimizer
+  state, step), every per-epoch record (train, validation and test figures) and the summary's
+  test figures of two run directories are equal bit for bit."""
+  got, want = named_state_leaves(workdir), named_state_leaves(reference)
+  assert list(got) == list(want)
+  differ = [name for name in want if got[name].dtype != want[name].dtype
+            or got[name].shape != want[name].shape
+            or got[name].tobytes() != want[name].tobytes()]  # bit for bit, not approximately
+  assert not differ, f'{len(differ)} of {len(want)} state leaves differ, e.g. {differ[:3]}'
   assert history(workdir) == history(reference)
   summary = lambda w: json.loads((pathlib.Path(w) / 'summary.json').read_text())  # noqa: E731
   for key in ('test_loss', 'test_accuracy', 'steps'):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, near_ties
 from mnist_flax import config as config_lib
 from mnist_flax.parts import augment
 from mnist_flax.inference import export, predict, preprocess
@@ -52,10 +52,13 @@ def test_checkpoint_round_trip_predicts_like_the_in_memory_model(tiny_run, mnist
     assert {d for x in jax.tree.leaves(classifier.variables) for d in x.devices()} == {
         jax.local_devices()[0]}
     np.testing.assert_allclose(classifier.probabilities(images[:512]), in_memory, atol=1e-6)
-    accuracy = float((classifier.probabilities(images).argmax(1) == labels).mean())
-    assert accuracy == summary['test_accuracy'] > 0.5
+    probabilities = classifier.probabilities(images)
+    correct = int((probabilities.argmax(1) == labels).sum())
+    # Training counted on 2 devices in batches of 1,000, predict on one: only near ties may differ.
+    assert abs(correct - summary['test_correct']) <= near_ties(probabilities)
+    assert correct / len(labels) > 0.5
   exported = json.loads((tiny_run['exported'] / 'summary.json').read_text())
-  assert exported['export']['predict_test_accuracy'] == summary['test_accuracy']
+  assert exported['export']['predict_test_correct'] == correct  # the same program: exact
   assert exported['export']['from_step'] == summary['steps']  # the latest step
   # The export holds the weights only: far smaller than the run's checkpoint with Adam moments.
   assert export.directory_size(tiny_run['exported']) < export.directory_size(
@@ -222,8 +225,13 @@ def test_shipped_model_is_small_and_as_accurate_as_its_summary(mnist_test):
   summary = json.loads((PRETRAINED / 'summary.json').read_text())
   classifier = predict.load_classifier()  # the default: the shipped mnist_flax/pretrained
   assert classifier.directory == predict.PRETRAINED_DIR
-  correct = int((classifier.probabilities(images).argmax(1) == labels).sum())
-  assert correct == summary['test_correct'] == summary['export']['predict_test_correct']
+  probabilities = classifier.probabilities(images)
+  correct = int((probabilities.argmax(1) == labels).sum())
+  # Counted on the machine that exported the model; another CPU rounds the logits differently
+  # (by ~1e-6), which can only flip a near tie (none within 1e-4 now: the closest top two differ
+  # by 0.009 in logits).
+  assert summary['test_correct'] == summary['export']['predict_test_correct']
+  assert abs(correct - summary['test_correct']) <= near_ties(probabilities)
   assert correct / len(labels) >= 0.994
 
 
