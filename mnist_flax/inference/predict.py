@@ -35,7 +35,7 @@ from mnist_flax import config as config_lib, models
 from mnist_flax.models import forward
 from mnist_flax.runs import rundir
 from mnist_flax.data.spec import MNIST, spec_of
-from mnist_flax.errors import CheckpointError
+from mnist_flax.errors import CheckpointError, ConfigError
 from mnist_flax.models.forward import predict
 from mnist_flax.runs.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
 
@@ -93,7 +93,10 @@ def _describe_layout(directory: pathlib.Path) -> str:
 
 def _model_of(config, directory: pathlib.Path):
   name = config.get('model')
-  models.MODELS.get(name)  # unknown: the registry's ConfigError, naming config.imports
+  try:
+    models.MODELS.get(name)
+  except ConfigError as e:  # unknown here: the registry's message (it names config.imports)
+    raise CheckpointError(f'{directory}: {e}') from None
   try:
     return models.get_model(config)
   except (TypeError, KeyError, ValueError) as e:
