@@ -128,9 +128,10 @@ def open_run(config, fresh: bool, cleanup: contextlib.ExitStack) -> Run:
   if fresh:
     distributed.barrier('train_fresh_workdir')
   signals = cleanup.enter_context(preemption.SignalCatcher())
-  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.keep_checkpoints,
-                                     best_metric=config.get('best_metric', 'validation_accuracy'))
-  cleanup.callback(ckpt.close)
+  # Closed (Orbax's threads joined) before any error leaves train_and_evaluate.
+  ckpt = cleanup.enter_context(checkpoints.RunCheckpointer(
+      workdir, keep=config.keep_checkpoints,
+      best_metric=config.get('best_metric', 'validation_accuracy')))
   resolved = dict(json.loads(config.to_json()), workdir=str(workdir))
   if ckpt.latest_step() is not None:
     checkpoints.check_same_run(workdir, resolved, config_lib.default_config().to_dict())
