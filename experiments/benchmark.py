@@ -198,7 +198,8 @@ def measure_training(config, steps: int, warmup: int, inference: bool = True) ->
   mesh = sharding.make_mesh()
   # The set-up of `train_and_evaluate` itself: data on the device, model, state, jitted step.
   setup = train.build_training(config, mesh)
-  datasets, model, state, step_fn = setup.datasets, setup.model, setup.state, setup.step_fn
+  datasets, model, step_fn = setup.datasets, setup.model, setup.step_fn
+  state = setup.initial_state()
   steps_per_epoch = setup.steps_per_epoch
   n_train = len(datasets.train)
   images, labels = setup.train_images, setup.train_labels

@@ -1,4 +1,7 @@
 import re
+import shutil
+
+import pytest
 
 from conftest import run_cli, tiny_overrides
 
@@ -42,3 +45,57 @@ def test_cli_eval_of_a_non_run_directory(tmp_path, real_data_env):
   result = run_cli(['eval', '--workdir', str(tmp_path)], env=real_data_env)
   assert result.returncode == 1
   assert 'not a mnist_flax run directory' in result.stderr and 'Traceback' not in result.stderr
+
+
+# ---------------------------------------------------------------------------- late errors
+
+
+def one_error_line(result, command: str) -> str:
+  """The one non-empty stderr line of a failed command, which must be its error line."""
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert result.returncode == 1 and len(lines) == 1, (result.returncode, result.stderr[-3000:])
+  assert lines[0].startswith(f'mnist-flax {command}: error: '), lines[0]
+  return lines[0]
+
+
+@pytest.fixture(scope='module')
+def trained_run(idx_dir, tfds_dir, tmp_path_factory):
+  """A tiny run trained in this process (2 epochs, a checkpoint at each epoch end)."""
+  from mnist_flax import config as config_lib
+  from mnist_flax.training import train
+  workdir = tmp_path_factory.mktemp('cli') / 'run'
+  train.train_and_evaluate(config_lib.apply_overrides(
+      config_lib.default_config(), tiny_overrides(idx_dir, tfds_dir, workdir)))
+  return workdir
+
+
+def flip_array_bytes(run):
+  """Inverts the last bytes of every array data file of every step; the JSON metadata stays."""
+  files = [p for p in (run / 'checkpoints').glob('*/state/**/d/*') if p.is_file()]
+  assert files
+  for path in files:
+    data = bytearray(path.read_bytes())
+    data[-16:] = bytes(b ^ 0xFF for b in data[-16:])
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_array_files_are_one_line_from_eval(trained_run, tmp_path, real_data_env):
+  # Orbax gives up at the first unreadable array, while the reads of the others are still in
+  # flight: they must not report it again (tracebacks from TensorStore or Orbax threads).
+  run = shutil.copytree(trained_run, tmp_path / 'run')
+  flip_array_bytes(run)
+  result = run_cli(['eval', '--workdir', str(run)], env=real_data_env)
+  line = one_error_line(result, 'eval')
+  assert f'no usable checkpoint in {run / "checkpoints"}: step ' in line
+  assert 'does not restore' in line or 'does not match the checksum' in line
+
+
+def test_nan_loss_after_checkpoints_is_one_line(idx_dir, tfds_dir, tmp_path, real_data_env):
+  # Raised while the checkpoint manager is open, after it has saved: it is closed on the way out.
+  overrides = tiny_overrides(idx_dir, tfds_dir, tmp_path / 'run') + [
+      'optimizer=sgd', 'learning_rate=1e6', 'checkpoint_every_steps=1', 'num_epochs=1',
+      'validation_size=256', 'keep_checkpoints=2']
+  result = run_cli(['train', *[f'--config.{o}' for o in overrides]], env=real_data_env)
+  line = one_error_line(result, 'train')
+  assert re.search(r'training loss became NaN/Inf at step \d+;.*latest checkpoint in .* is step \d',
+                   line), line

@@ -25,8 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import shutil
+import sys
+import threading
+import traceback
 from typing import Any, Optional
 
 import jax
@@ -92,6 +96,71 @@ def state_digest(tree) -> Optional[str]:
   return None if leaves is None else _digest(leaves)
 
 
+# ---------------------------------------------------------------------------- Orbax's leftovers
+
+# Orbax runs each save and restore in an event loop of its own and closes that loop when the
+# operation ends. When one TensorStore read or write fails, the operation raises at once (and this
+# module turns that into one CheckpointError naming the step), but the sibling I/O still in flight
+# finishes later and reports the same failure again from other threads: a "RuntimeError: Event
+# loop is closed" traceback per pending TensorStore callback (orbax-checkpoint >= 0.12.5 no longer
+# cancels the loop's remaining tasks), "Task exception was never retrieved" per abandoned write
+# task, and Orbax's log of each exception its worker threads hand back to the caller. Exactly
+# those are dropped; everything else still reaches the previous hook and the handlers.
+
+_ORBAX_DIR = os.path.dirname(ocp.__file__) + os.sep
+_quiet_lock = threading.Lock()
+_quiet_installed = False
+
+
+def _passes_through_orbax(tb) -> bool:
+  return any(frame.filename.startswith(_ORBAX_DIR) for frame in traceback.extract_tb(tb))
+
+
+def _late_loop_callback(unraisable) -> bool:
+  """A TensorStore completion scheduled by native code onto an Orbax loop already closed."""
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return (unraisable.exc_type is RuntimeError
+          and str(unraisable.exc_value) == 'Event loop is closed'
+          and bool(frames) and frames[0].name == 'call_soon_threadsafe')
+
+
+class _OrbaxEchoFilter(logging.Filter):
+  """Drops Orbax's second report of an error it raises to the caller, and its note that a
+  read-only manager is read-only (eval, predict: what was asked for)."""
+
+  # Orbax's own format strings, matched whole: the record's caller cannot tell Orbax apart (the
+  # 'absl' logger may be a plain Logger, whose records name absl's module as their caller).
+  ECHOES = ('[process=%d][thread=%s][operation_id=%s] _SignalingThread.run()'
+            ' raised an exception: %s',
+            'Failed to write metadata=%s path=%s: %s', 'Failed to update metadata=%s path=%s: %s',
+            'Given directory is read only=%s')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.name == 'asyncio':
+      exc = record.exc_info[1] if record.exc_info else None
+      return not (str(record.msg).startswith('Task exception was never retrieved')
+                  and exc is not None and _passes_through_orbax(exc.__traceback__))
+    return record.msg not in self.ECHOES
+
+
+def quiet_orbax_leftovers() -> None:
+  """Installs the filters above once per process (called before any Orbax I/O of this module)."""
+  global _quiet_installed  # pylint: disable=global-statement
+  with _quiet_lock:
+    if _quiet_installed:
+      return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      if not _late_loop_callback(unraisable):
+        previous(unraisable)
+    sys.unraisablehook = hook
+    echo_filter = _OrbaxEchoFilter()
+    for name in ('absl', 'asyncio'):
+      logging.getLogger(name).addFilter(echo_filter)
+    _quiet_installed = True
+
+
 # ---------------------------------------------------------------------------- the manager
 
 
@@ -111,16 +180,25 @@ class RunCheckpointer:
     if read_only and not self.directory.is_dir():
       raise CheckpointError(f'{self.directory} does not exist: {self.workdir} holds no checkpoint; '
                             f'train first (mnist-flax train --config.workdir={self.workdir})')
-    # Retention is ours (latest N plus the best), so Orbax keeps everything it is given.
+    quiet_orbax_leftovers()
+    # Retention is ours (latest N plus the best), so Orbax keeps everything it is given. Leftover
+    # `*.orbax-checkpoint-tmp*` directories of killed writes are removed here, before anything
+    # else runs: Orbax would do it in a background thread that nothing waits for when the run
+    # stops early (a config refused, a NaN at the first steps), so that it could still be
+    # deleting at exit.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+        save_interval_steps=0 if read_only else 1, enable_async_checkpointing=False,
+        cleanup_tmp_directories=False)
     try:
+      if not read_only and jax.process_index() == 0:
+        rundir.remove_unfinished_steps(self.workdir)
       self.manager = ocp.CheckpointManager(self.directory, options=options,
                                            item_names=('state', 'meta'))
     except OSError as e:
       raise CheckpointError(f'cannot use {self.directory}: {e}') from None
     self._metas: dict[int, Optional[dict]] = {}
+    self._closed = False
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -244,8 +322,27 @@ class RunCheckpointer:
     self.manager.reload()
     logging.warning('moved the skipped checkpoints %s to %s', steps, target)
 
-  def close(self):
-    self.manager.close()
+  def close(self, after_error: bool = False) -> None:
+    """Waits for Orbax's threads and closes the manager; once (later calls do nothing).
+
+    `after_error`: another error is already on its way out (a training that failed), so a
+    failure to close is logged, not raised: the error the user sees stays the first one.
+    """
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if not after_error:
+        raise
+      logging.debug('closing %s after an earlier error: %s', self.directory, _short(e))
+
+  def __enter__(self) -> 'RunCheckpointer':
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    self.close(after_error=exc_type is not None)
 
 
 def _short(e: Exception, limit: int = 300) -> str:
@@ -269,8 +366,7 @@ def select_step(workdir: str | pathlib.Path, which: str | int = 'latest',
       best_metric = read_run_config(workdir).get('best_metric', 'validation_accuracy')
     except CheckpointError:
       best_metric = 'validation_accuracy'
-  ckpt = RunCheckpointer(workdir, best_metric=best_metric, read_only=True)
-  try:
+  with RunCheckpointer(workdir, best_metric=best_metric, read_only=True) as ckpt:
     steps = ckpt.all_steps()
     if not steps:
       raise CheckpointError(f'{ckpt.directory} holds no checkpoint; train first '
@@ -286,8 +382,6 @@ def select_step(workdir: str | pathlib.Path, which: str | int = 'latest',
       raise CheckpointError(f'{workdir} has no best checkpoint: none of its steps {steps} was '
                             'validated (train with --config.validation_size > 0)')
     return best
-  finally:
-    ckpt.close()
 
 
 # Fields that may change between a run and its resume (declared in config.py, beside the

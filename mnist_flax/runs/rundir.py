@@ -93,6 +93,23 @@ def step_numbers(workdir: str | os.PathLike) -> list[int]:
   return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+UNFINISHED_MARK = '.orbax-checkpoint-tmp'  # in the name of a step Orbax has not renamed yet
+
+
+def remove_unfinished_steps(workdir: str | os.PathLike) -> list[pathlib.Path]:
+  """Deletes the steps a killed write left half-written (never a finished step); returns them."""
+  root = pathlib.Path(workdir) / CHECKPOINT_DIR
+  if not root.is_dir():
+    return []
+  unfinished = [p for p in root.iterdir() if UNFINISHED_MARK in p.name]
+  for path in unfinished:
+    if path.is_dir():
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      path.unlink(missing_ok=True)
+  return unfinished
+
+
 def first_that_loads(candidates: Iterable[int], load: Callable[[int], T],
                      errors: tuple[type[Exception], ...], where: str) -> tuple[int, T]:
   """The first candidate step (give them newest first) whose `load(step)` succeeds.

@@ -41,17 +41,14 @@ def restore_state(workdir: str | pathlib.Path, step: int | str | None = None):
   config_lib.import_user_modules(config)  # the run's own parts (config.imports)
   step = None if step in (None, 'latest') else checkpoints.select_step(workdir, step)
   mesh = sharding.make_mesh()
-  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.get('keep_checkpoints', 2),
-                                     read_only=True)
-  try:
+  with checkpoints.RunCheckpointer(workdir, keep=config.get('keep_checkpoints', 2),
+                                   read_only=True) as ckpt:
     if ckpt.latest_step() is None:
       raise checkpoints.CheckpointError(
           f'{workdir / rundir.CHECKPOINT_DIR} holds no checkpoint; train first '
           f'(mnist-flax train --config.workdir={workdir})')
     model = models.get_model(config)
     restored, _ = ckpt.restore(_abstract_target(config, model, mesh), step)
-  finally:
-    ckpt.close()
   return config, model, restored['state'], mesh
 
 

@@ -4,8 +4,9 @@ Read top to bottom: `train_and_evaluate` is the whole story; each helper below i
 of it. The pieces it puts together live in their own modules: the jitted steps and the exact
 evaluator (steps.py), the checkpoints (checkpoints.py) and when to take them (preemption.py),
 the per-epoch outputs (writers.py), the run-directory files (rundir.py), the end-of-run report
-(report.py). `build_training` is the set-up alone (data on the device, model, state, jitted
-steps): experiments/benchmark.py times the very step this runs.
+(report.py). `build_training` is the set-up alone (data on the device, model, jitted steps; the
+state comes from `Training.initial_state()` or a checkpoint): experiments/benchmark.py times the
+very step this runs.
 
 Host syncs, and why there are no others: every `sync_every_steps` steps (a bounded dispatch
 queue), at each checkpoint (the on-device `first_nonfinite` step is checked there, so no NaN is
@@ -127,9 +128,10 @@ def open_run(config, fresh: bool, cleanup: contextlib.ExitStack) -> Run:
   if fresh:
     distributed.barrier('train_fresh_workdir')
   signals = cleanup.enter_context(preemption.SignalCatcher())
-  ckpt = checkpoints.RunCheckpointer(workdir, keep=config.keep_checkpoints,
-                                     best_metric=config.get('best_metric', 'validation_accuracy'))
-  cleanup.callback(ckpt.close)
+  # Closed (Orbax's threads joined) before any error leaves train_and_evaluate.
+  ckpt = cleanup.enter_context(checkpoints.RunCheckpointer(
+      workdir, keep=config.keep_checkpoints,
+      best_metric=config.get('best_metric', 'validation_accuracy')))
   resolved = dict(json.loads(config.to_json()), workdir=str(workdir))
   if ckpt.latest_step() is not None:
     checkpoints.check_same_run(workdir, resolved, config_lib.default_config().to_dict())
@@ -142,13 +144,17 @@ def open_run(config, fresh: bool, cleanup: contextlib.ExitStack) -> Run:
 
 @dataclasses.dataclass
 class Training:
-  """What a training computes with: data on the device, model, initial state, jitted steps."""
+  """What a training computes with: data on the device, model, jitted steps.
+
+  It holds no TrainState: the train step donates the state it is given, so a state kept here
+  would be deleted arrays after the first step (and, on a resumed run, a second copy of the whole
+  state on the device). `initial_state()` makes one when a run starts fresh.
+  """
   config: Any
   mesh: Any
   datasets: data.Datasets
   model: Any
   steps_per_epoch: int  # the remainder of each epoch's permutation is dropped
-  state: TrainState  # freshly initialised from config.seed
   train_images: jax.Array  # uint8, replicated on every device
   train_labels: jax.Array
   evaluators: dict  # split name ('test', 'validation') -> steps.Evaluator
@@ -160,6 +166,17 @@ class Training:
   def replicated(self):
     return sharding.replicated(self.mesh)
 
+  def initial_state(self) -> TrainState:
+    """A state freshly initialised from config.seed, replicated: a new one at every call."""
+    return steps.init_train_state(self.config, self.model, jax.random.PRNGKey(self.config.seed),
+                                  self.steps_per_epoch, self.mesh,
+                                  image_shape=data.spec_of(self.config).image_shape)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes and dtypes of that state, computed without making it (what a resume restores into)."""
+    return steps.abstract_train_state(self.config, self.model, self.steps_per_epoch,
+                                      image_shape=data.spec_of(self.config).image_shape)
+
 
 def build_training(config, mesh, datasets: Optional[data.Datasets] = None) -> Training:
   """The set-up of `train_and_evaluate`, callable alone (the benchmark times its step)."""
@@ -167,8 +184,6 @@ def build_training(config, mesh, datasets: Optional[data.Datasets] = None) -> Tr
   n_train = len(datasets.train)
   steps_per_epoch = n_train // config.batch_size
   model = models.get_model(config)
-  state = steps.init_train_state(config, model, jax.random.PRNGKey(config.seed), steps_per_epoch,
-                                 mesh, image_shape=data.spec_of(config).image_shape)
   images, labels = sharding.put_replicated((datasets.train.images, datasets.train.labels), mesh)
   loss_fn = losses.get_loss(config)
   splits = {'test': datasets.test, 'validation': datasets.validation}
@@ -180,8 +195,8 @@ def build_training(config, mesh, datasets: Optional[data.Datasets] = None) -> Tr
   # Jitted: evaluated eagerly, every op of the schedule compiles on its own (~40 small compiles,
   # 1-4 s on a 2-core CPU) for the learning rate logged per epoch and plotted at the end.
   schedule = jax.jit(optim.make_schedule(config, steps_per_epoch))
-  return Training(config, mesh, datasets, model, steps_per_epoch, state, images, labels,
-                  evaluators, steps.make_train_step(config, model, mesh), permutation, schedule)
+  return Training(config, mesh, datasets, model, steps_per_epoch, images, labels, evaluators,
+                  steps.make_train_step(config, model, mesh), permutation, schedule)
 
 
 def resume(run: Run, t: Training) -> tuple[TrainState, dict, list[dict]]:
@@ -191,9 +206,9 @@ def resume(run: Run, t: Training) -> tuple[TrainState, dict, list[dict]]:
   """
   totals = jax.device_put(steps.zero_train_totals(), t.replicated)
   if run.ckpt.latest_step() is None:
-    return t.state, totals, []
+    return t.initial_state(), totals, []
   target = checkpoints.abstract_like(
-      {'state': t.state, 'metrics': checkpoints.saved_metrics(totals)}, t.replicated)
+      {'state': t.abstract_state(), 'metrics': checkpoints.saved_metrics(totals)}, t.replicated)
   restored, meta = run.ckpt.restore(target, move_aside=True)
   history = meta.get('history')
   if history is None:  # a checkpoint from before histories were checkpointed
