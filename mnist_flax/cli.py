@@ -128,6 +128,9 @@ def cmd_predict(args, overrides):
     except ImageError as e:
       errors[path] = str(e)
   found = {p.source: p for p in classifier.predictions(images, good, args.top_k)} if good else {}
+  # Labels shown with their class names, unless the names are the labels' digits (MNIST).
+  spec = classifier.spec
+  names = spec.class_names != tuple(str(k) for k in range(spec.num_classes))
   if args.json:
     print(json.dumps([found[f].to_dict(classifier.name) if f in found
                       else {'file': f, 'error': errors[f]}
@@ -137,8 +140,7 @@ def cmd_predict(args, overrides):
       print(f'mnist-flax predict: error: {errors[path]}', file=sys.stderr)
     elif not args.json:
       p = found[path]
-      # A class shown by its name where that is more than the label's digits (not for MNIST).
-      named = lambda k: str(k) if p.name_of(k) == str(k) else f'{k} ({p.name_of(k)})'  # noqa: E731
+      named = lambda k: f'{k} ({p.name_of(k)})' if names else str(k)  # noqa: E731
       ranked = ', '.join(f'{named(k)} {q:.4f}' for k, q in p.top_k)
       print(f'{path}  {named(p.label)}  {p.probability:.4f}' + (f'  (top {len(p.top_k)}: {ranked})'
                                                                 if len(p.top_k) > 1 else ''))

@@ -4,9 +4,9 @@
 
 The pieces, bottom up: `spec` (what each data set is: shape, classes, sources, and the canonical
 order of its examples), `idx` (parse the official IDX files), `download` (fetch them, verified),
-`tfds_source` (TFDS's prepared copy), `sources` (pick a source, return canonical arrays). None of them needs
-TensorFlow, except preparing a TFDS dataset (`pip install "mnist_flax[tensorflow]"`). Scaling to
-float32 happens on the device, inside the jitted steps.
+`tfds_source` (TFDS's prepared copy), `sources` (pick a source, return canonical arrays). None
+of them needs TensorFlow, except preparing a TFDS dataset (`pip install "mnist_flax[tensorflow]"`).
+Scaling to float32 happens on the device, inside the jitted steps.
 """
 
 from __future__ import annotations

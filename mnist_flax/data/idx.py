@@ -44,7 +44,8 @@ def offline_help(spec: DatasetSpec = MNIST) -> str:
   names = ', '.join(f'{stem}.gz' for stem in layout.stems.values())
   archive = f' (or {layout.archive} itself)' if layout.archive else ''
   return (f'To train offline, put the four {spec.title} IDX files ({names}; gzipped or not) in a '
-          f'folder{archive} and set {layout.idx_dir_env}=/that/folder or --config.idx_dir=/that/folder.')
+          f'folder{archive} and set {layout.idx_dir_env}=/that/folder or '
+          '--config.idx_dir=/that/folder.')
 
 
 OFFLINE_HELP = offline_help(MNIST)
@@ -100,7 +101,8 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None,
   return parse_idx(data, str(path), expected_magic, expected_shape)
 
 
-def find_idx_files(idx_dir: str | os.PathLike, spec: DatasetSpec = MNIST) -> dict[str, pathlib.Path]:
+def find_idx_files(idx_dir: str | os.PathLike,
+                   spec: DatasetSpec = MNIST) -> dict[str, pathlib.Path]:
   """Maps each of the four IDX names to its file (`.gz` preferred) in `idx_dir`.
 
   A data set shipped in an archive (EMNIST) is also found in the archive's own folder
@@ -180,7 +182,8 @@ def check_labels(arrays: dict[str, np.ndarray], paths: dict,
   return arrays
 
 
-def from_files(arrays: dict[str, np.ndarray], paths: dict, spec: DatasetSpec) -> dict[str, np.ndarray]:
+def from_files(arrays: dict[str, np.ndarray], paths: dict,
+               spec: DatasetSpec) -> dict[str, np.ndarray]:
   """Labels checked, then the data set's storage undone: images transposed back to upright
   (EMNIST stores them column by column), labels counted from 0 (EMNIST Letters' from 1)."""
   arrays = dict(check_labels(arrays, paths, spec))

@@ -127,22 +127,35 @@ def _check_not_another(paths: dict, spec: DatasetSpec) -> None:
   """Refuses another built-in data set's official files under this one's names (MNIST's and
   Fashion-MNIST's files are named alike, so a folder set for one would silently serve the other).
 
-  Only a file whose size is one TFDS registers for another data set is hashed: a stat per file.
+  Only the label files are looked at (tens of kilobytes): against MNIST's official content, and
+  against the bytes TFDS registers for the others (a size first, a hash only when it matches).
   """
-  others = {s.idx.checksums: s for s in DATASETS.values()
-            if s.idx is not None and s.idx.checksums != spec.idx.checksums and not s.idx.archive}
-  for path in paths.values():
-    size = path.stat().st_size
-    for checksums, other in others.items():
-      try:
-        registered = download.registered_files(checksums).get(path.name)
-      except DataError:  # no TFDS checksums to compare with: nothing to refuse
-        return
-      if registered is not None and registered.size == size and (
-          hashlib.sha256(path.read_bytes()).hexdigest() == registered.sha256):
-        raise DataError(f'{path} is {other.title}\'s official file, not {spec.title}\'s: point '
-                        f'config.idx_dir (or ${spec.idx.idx_dir_env}) at the {spec.title} files, '
-                        f'or set config.dataset={other.name}. ' + idx.offline_help(spec))
+  others = [s for s in DATASETS.values()
+            if s.idx is not None and s.idx.checksums != spec.idx.checksums and not s.idx.archive]
+  for key in ('train_labels', 'test_labels'):
+    path = paths[key]
+    raw = path.read_bytes()
+    for other in others:
+      if other.idx.checksums == MNIST.idx.checksums:
+        content = raw
+        if path.suffix == '.gz':
+          try:
+            content = gzip.decompress(raw)
+          except (OSError, EOFError, ValueError):
+            continue  # idx.read_idx names the damaged file
+        stem = path.name[:-len('.gz')] if path.suffix == '.gz' else path.name
+        same = hashlib.sha256(content).hexdigest() == download.CONTENT_SHA256.get(stem)
+      else:
+        try:
+          registered = download.registered_files(other.idx.checksums).get(path.name)
+        except DataError:  # no TFDS checksums to compare with: nothing to refuse
+          continue
+        same = (registered is not None and registered.size == len(raw)
+                and hashlib.sha256(raw).hexdigest() == registered.sha256)
+      if same:
+        raise DataError(f'{path} is {other.title}\'s, not {spec.title}\'s: point config.idx_dir '
+                        f'(or ${spec.idx.idx_dir_env}) at the {spec.title} files, or set '
+                        f'config.dataset={other.name}. ' + idx.offline_help(spec))
 
 
 def _canonical(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ class IdxFiles:
   verified download from TFDS's registered location (`config.download_url`, else
   `$<env>_DOWNLOAD_URL`, for a mirror), or TFDS's own prepared copy (`tfds_name`).
   """
-  stems: dict  # 'train_images', 'train_labels', 'test_images', 'test_labels' -> file name without .gz
+  stems: dict  # 'train_images', 'train_labels', 'test_images', 'test_labels' -> name without .gz
   checksums: str  # TFDS's tensorflow_datasets/url_checksums/<checksums>.txt: URLs, sizes, SHA-256
   env: str  # prefix of the environment variables: $<env>_IDX_DIR, $<env>_DOWNLOAD_URL
   tfds_name: str  # TFDS's builder ('mnist', 'emnist/balanced')
@@ -85,7 +85,7 @@ class DatasetSpec:
   # integer labels in a fixed order, a description of where they came from). None: the IDX
   # sources of `idx` (sources.py: IDX folder, TFDS, verified download).
   load: Optional[Callable] = dataclasses.field(default=None, compare=False)
-  class_names: tuple = ()  # label -> name shown by predict, serve and the report; () = '0', '1', ...
+  class_names: tuple = ()  # label -> name in predict, serve and the report; () = '0', '1', ...
   # How a user's image is made into one of these images: a key of PREPARE_WAYS or a function
   # (source, name) -> uint8 array of `image_shape`.
   prepare: Union[str, Callable] = dataclasses.field(default='resize', compare=False)
@@ -94,7 +94,8 @@ class DatasetSpec:
   noun: str = 'class'  # what one class is, in tables and figures ('digit', 'letter')
 
   def __post_init__(self):
-    names = tuple(str(n) for n in self.class_names) or tuple(str(i) for i in range(self.num_classes))
+    names = (tuple(str(n) for n in self.class_names)
+             or tuple(str(i) for i in range(self.num_classes)))
     if len(names) != self.num_classes:
       raise ValueError(f'data set {self.name!r}: {len(names)} class names for '
                        f'{self.num_classes} classes')

@@ -59,7 +59,8 @@ def _check_reachable(builder, spec: DatasetSpec) -> None:
   """Fails in seconds on an offline machine (TFDS itself retries the download for minutes)."""
   url = urllib.parse.urlparse(type(builder).URL)  # the MNIST-family builders' download location
   try:
-    with socket.create_connection((url.hostname, url.port or 443), timeout=5.0):
+    port = url.port or (443 if url.scheme == 'https' else 80)
+    with socket.create_connection((url.hostname, port), timeout=5.0):
       return
   except OSError:
     raise DataError(f'{spec.title} is not prepared in {builder.data_dir} and {url.hostname} cannot '

@@ -85,7 +85,8 @@ class EnsembleClassifier(predict_lib.ClassifierBase):
     return [view_probabilities(member, images, views) for member in self.members]
 
   def probabilities(self, images) -> np.ndarray:
-    """uint8 (N, H, W[, C]) images of the data set -> float32 (N, classes) averaged probabilities."""
+    """uint8 (N, H, W[, C]) images of the data set -> float32 (N, classes) averaged
+    probabilities."""
     return sum(self.member_probabilities(images)) / len(self.members)
 
 

@@ -257,7 +257,8 @@ class ClassifierBase:
   def prepare(self, source, name: Optional[str] = None) -> np.ndarray:
     """One input (path, bytes, array, PIL image) -> the uint8 image the model takes
     (`spec.image_shape`), prepared as the data set says (ImageError on a bad one)."""
-    from mnist_flax.inference import preprocess as prep  # pylint: disable=import-outside-toplevel  (PIL)
+    # pylint: disable-next=import-outside-toplevel  (PIL)
+    from mnist_flax.inference import preprocess as prep
     return prep.prepare(source, self.spec, name)
 
   def classify(self, inputs: Iterable[Any], top_k: int = 3) -> list[Prediction]:

@@ -19,8 +19,8 @@ on an arbitrary image (a file path, a numpy array or a PIL image):
 An image that already is MNIST-like passes through essentially unchanged (the same pixels, up to
 a grey level or two of contrast stretch). Other data sets prepare images their own way:
 `prepare(source, spec)` follows the data set's `spec.prepare` (these steps for handwriting,
-`fit_on_black` for Fashion-MNIST's object photos, `resize`, or the data set's own function). Only numpy and Pillow: no TensorFlow, no SciPy, so the
-`predict` command starts fast.
+`fit_on_black` for Fashion-MNIST's object photos, `resize`, or the data set's own function).
+Only numpy and Pillow: no TensorFlow, no SciPy, so the `predict` command starts fast.
 """
 
 from __future__ import annotations
@@ -656,7 +656,8 @@ def _to_uint8(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
   return np.round(values * 255.0).astype(np.uint8).reshape(shape)
 
 
-def fit_on_black(source: ImageLike, shape: tuple[int, int, int], name: str | None = None) -> np.ndarray:
+def fit_on_black(source: ImageLike, shape: tuple[int, int, int],
+                 name: str | None = None) -> np.ndarray:
   """An object photo -> a Fashion-MNIST-style image: uint8 `shape`, the object light on black.
 
   Fashion-MNIST's own conversion of Zalando's product photos, without its sharpening: the
@@ -686,7 +687,8 @@ def fit_on_black(source: ImageLike, shape: tuple[int, int, int], name: str | Non
 
 
 def resize(source: ImageLike, shape: tuple[int, int, int], name: str | None = None) -> np.ndarray:
-  """Any image -> uint8 `shape` (H, W, 1 or 3): the whole image resized, grey or RGB, nothing else."""
+  """Any image -> uint8 `shape` (H, W, 1 or 3): the whole image resized, grey or RGB, nothing
+  else."""
   name = name or describe(source)
   height, width, channels = shape
   if channels not in (1, 3):

@@ -2,8 +2,8 @@
 
 Every model maps float images (N, H, W, C) (MNIST: 28x28x1) to logits (N, classes), takes a
 keyword-only `train` flag, and computes in `dtype` while keeping float32 parameters. A model with
-a `num_classes` field gets the data set's class count from `get_model`. Adding a model is one class and
-one `@register('name')` line.
+a `num_classes` field gets the data set's class count from `get_model`. Adding a model is one
+class and one `@register('name')` line.
 """
 
 from __future__ import annotations

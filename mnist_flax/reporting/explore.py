@@ -97,7 +97,7 @@ def explore(config, out_dir: str | pathlib.Path) -> dict:
   counts = {name: class_counts(split.labels, spec) for name, split in splits.items()}
   train = datasets.train
   n = min(NUM_SAMPLES, len(train))
-  # A class's number, with its name where that says more ('label 3' for MNIST, 'label 9 Ankle boot').
+  # A class's number, and its name where that says more ('label 3'; 'label 9' + 'Ankle boot').
   caption = lambda y: f'label {y}' + ('' if spec.class_names[y] == str(y)  # noqa: E731
                                       else f'\n{spec.class_names[y]}')
   files = [

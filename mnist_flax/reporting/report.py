@@ -202,8 +202,8 @@ def write_report(run: RunFiles, out_dir: str | pathlib.Path | None = None,
     lines += _analysis_section(run, analysis)
   else:
     noun = (_spec_of(run.config) or MNIST).noun
-    lines += [f'The confusion matrix, accuracy per {noun} and the most confident mistakes come from '
-              f'`mnist-flax report --workdir {run.workdir}`.', '']
+    lines += [f'The confusion matrix, accuracy per {noun} and the most confident mistakes come '
+              f'from `mnist-flax report --workdir {run.workdir}`.', '']
   if compare:
     lines += _compare_section([run, *compare])
   return files.write_text(out_dir / REPORT_FILE, '\n'.join(lines).rstrip() + '\n')
