@@ -237,8 +237,10 @@ def test_each_data_set_prepares_a_users_image_its_own_way():
 
 @pytest.mark.tensorflow
 @pytest.mark.slow
-@pytest.mark.parametrize('name', NEW)
-def test_tfds_prepared_is_the_same_arrays(name, small, releases, mirror, tmp_path, monkeypatch):
+@pytest.mark.parametrize('name, file_format', [(n, 'array_record') for n in NEW]
+                         + [('emnist_letters', 'tfrecord')])
+def test_tfds_prepared_is_the_same_arrays(name, file_format, small, releases, mirror, tmp_path,
+                                          monkeypatch):
   """TFDS's own builder prepares the mirror's files (its sizes shrunk to theirs); reading its
   copy gives what the IDX folder gives: same order, upright, labels from 0."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -256,7 +258,7 @@ def test_tfds_prepared_is_the_same_arrays(name, small, releases, mirror, tmp_pat
   monkeypatch.setattr(builder_class, 'URL', url)
   spec = spec_lib.DATASETS[name]
   tfds.builder(spec.idx.tfds_name, data_dir=str(tmp_path),
-               file_format='array_record').download_and_prepare()
+               file_format=file_format).download_and_prepare()
   raw = data.load_raw(_config(name, data_source='tfds', tfds_data_dir=str(tmp_path)))
   assert raw[2] == f'TFDS {spec.idx.tfds_name} in {tmp_path}'
   _check(raw, releases[group][1][name], spec)
