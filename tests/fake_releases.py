@@ -5,13 +5,11 @@ of a built-in data set the way its publisher does (four gzipped IDX files; for E
 `gzip.zip` holding `gzip/emnist-<split>-*.gz`, images stored transposed, letters labelled from
 1), and returns what the data layer must read back (upright images, labels from 0, file order).
 `registered` gives the entries a test puts in place of TFDS's checksums to serve them from a
-mirror, and `patch_specs` shrinks the data sets' split sizes to the files' (both also done in a
-fresh `mnist-flax` process by `patched_cli.py`).
+mirror, in the test's process or, through `checksums_module`, in a fresh `mnist-flax` process.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -96,7 +94,19 @@ def registered(folder: pathlib.Path, url: str) -> dict[str, download.Registered]
           for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def small_specs(names, n: int = PER_SPLIT) -> dict[str, spec_lib.DatasetSpec]:
-  """The built-in specs of `names` with split sizes of `n` images (the fake files')."""
-  return {name: dataclasses.replace(spec_lib.DATASETS[name], split_sizes={'train': n, 'test': n})
-          for name in names}
+def checksums_module(path: pathlib.Path, entries: dict) -> pathlib.Path:
+  """A module that puts `entries` ({url_checksums name: registered(...)}) in place of TFDS's
+  registered checksums when imported: named in `config.imports`, it does in a fresh
+  `mnist-flax` process what a test's monkeypatch does in its own."""
+  literal = {group: {name: list(r) for name, r in files.items()} for group, files in entries.items()}
+  path.write_text(
+      '"""TFDS\'s registered checksums replaced by a test mirror\'s."""\n\n'
+      'from mnist_flax.data import download\n\n'
+      f'MIRROR = {literal!r}\n'
+      'REAL = download.registered_files\n\n\n'
+      "def registered_files(checksums='mnist'):\n"
+      '  if checksums in MIRROR:\n'
+      '    return {name: download.Registered(*entry) for name, entry in MIRROR[checksums].items()}\n'
+      '  return REAL(checksums)\n\n\n'
+      'download.registered_files = registered_files\n')
+  return path

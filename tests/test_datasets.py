@@ -5,15 +5,13 @@ classes (fresh processes).
 The real files cannot be downloaded here: `fake_releases.py` writes a few images per split in
 each publisher's layout (gzipped IDX files; EMNIST as one zip, images transposed, letters
 labelled from 1), a 127.0.0.1 mirror serves them, and TFDS's registered checksums are replaced
-by the mirror's, as the MNIST download tests do.
+by the mirror's, as the MNIST download tests do (in a fresh process, by a module named in
+config.imports).
 """
 
 import json
 import os
-import pathlib
 import re
-import subprocess
-import sys
 import time
 
 import ml_collections
@@ -22,7 +20,7 @@ import pytest
 from PIL import Image
 
 import fake_releases
-from conftest import REPO, run_cli
+from conftest import run_cli
 from mirror import Mirror
 from mnist_flax import config as config_lib, data, models
 from mnist_flax.data import download, spec as spec_lib
@@ -32,7 +30,6 @@ NEW = ('fashion_mnist', 'kmnist', 'emnist_balanced', 'emnist_letters')
 # url_checksums group -> the data sets its files hold
 GROUPS = {'fashion_mnist': ('fashion_mnist',), 'kmnist': ('kmnist',),
           'emnist': ('emnist_balanced', 'emnist_letters')}
-PATCHED_CLI = pathlib.Path(__file__).resolve().parent / 'patched_cli.py'
 
 
 @pytest.fixture(scope='module')
@@ -53,9 +50,7 @@ def mirror(releases):
 
 @pytest.fixture
 def small(monkeypatch, releases, mirror):
-  """The built-in specs shrunk to the fake files, and TFDS's checksums replaced by the mirror's."""
-  for name, spec in fake_releases.small_specs(NEW).items():
-    monkeypatch.setitem(spec_lib.DATASETS, name, spec)
+  """TFDS's checksums replaced by the mirror's (its small files are read at their own size)."""
   entries = {group: fake_releases.registered(folder, f'{mirror.url}{group}/')
              for group, (folder, _) in releases.items()}
   real = download.registered_files
@@ -267,22 +262,6 @@ def test_tfds_prepared_is_the_same_arrays(name, file_format, small, releases, mi
 # --------------------------------------------------------------------------- fresh processes
 
 
-def _patch_file(tmp_path, entries=None, imports=()):
-  patch = {'imports': [str(p) for p in imports]}
-  if entries is not None:
-    patch['checksums'] = {g: {n: list(r) for n, r in files.items()} for g, files in entries.items()}
-    patch['split_sizes'] = {n: {'train': fake_releases.PER_SPLIT, 'test': fake_releases.PER_SPLIT}
-                            for n in NEW}
-  path = tmp_path / 'patch.json'
-  path.write_text(json.dumps(patch))
-  return path
-
-
-def _patched_cli(patch, args, env=None):
-  return subprocess.run([sys.executable, str(PATCHED_CLI), str(patch), *args],
-                        capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
-
-
 def _env(tmp_path):
   env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / 'tfds'), JAX_NUM_CPU_DEVICES='2',
              TF_CPP_MIN_LOG_LEVEL='3')
@@ -309,13 +288,12 @@ def test_emnist_balanced_from_a_mirror_trains_a_47_way_head_and_predict_names_cl
     small, mirror, tmp_path):
   """`mnist-flax train --config.dataset=emnist_balanced` (downloads from the mirror, no
   model_kwargs.num_classes) then `predict` and `predict --json`, each a fresh process."""
-  patch = _patch_file(tmp_path, entries=small)
+  checksums = fake_releases.checksums_module(tmp_path / 'mirror_checksums.py', small)
   workdir = tmp_path / 'run'
-  result = _patched_cli(patch, ['train', '--config.dataset=emnist_balanced',
-                                '--config.data_source=download',
-                                f'--config.download_url={mirror.url}emnist/',
-                                f'--config.workdir={workdir}', '--config.batch_size=32',
-                                '--config.num_epochs=2', *TINY], env=_env(tmp_path))
+  result = run_cli(['train', '--config.dataset=emnist_balanced', f'--config.imports={checksums}',
+                    '--config.data_source=download', f'--config.download_url={mirror.url}emnist/',
+                    f'--config.workdir={workdir}', '--config.batch_size=32',
+                    '--config.num_epochs=2', *TINY], env=_env(tmp_path))
   assert result.returncode == 0, result.stderr
   assert 'test accuracy' in result.stdout
   saved = json.loads((workdir / 'config.json').read_text())
@@ -375,7 +353,7 @@ SPEC = data.register_dataset(data.DatasetSpec(
 
 @pytest.fixture
 def user_module(tmp_path):
-  """A module of the user's, outside the package: imported by name from its folder."""
+  """A module of the user's, in a folder outside the package, named by its path."""
   folder = tmp_path / 'mine'
   folder.mkdir()
   path = folder / 'my_colours.py'
@@ -385,37 +363,34 @@ def user_module(tmp_path):
 
 @pytest.mark.slow
 def test_a_data_set_of_your_own_trains_evaluates_reports_and_predicts(user_module, tmp_path):
-  """32x32x3 images in 20 classes from a loader in the user's file: train, eval, report,
-  explore, export and predict, each a fresh process that imports that file first; then serve."""
-  patch = _patch_file(tmp_path, imports=[user_module])
+  """32x32x3 images in 20 classes from a loader in the user's file (named in config.imports):
+  train, eval, report, explore, export and predict, each a fresh process; then serve."""
   env, workdir = _env(tmp_path), tmp_path / 'run'
-  common = ['--config.dataset=my_colours', *TINY]
-  result = _patched_cli(patch, ['train', *common, f'--config.workdir={workdir}',
-                                '--config.batch_size=64', '--config.num_epochs=3',
-                                '--config.learning_rate=0.01'], env=env)
+  common = [f'--config.imports={user_module}', '--config.dataset=my_colours', *TINY]
+  result = run_cli(['train', *common, f'--config.workdir={workdir}', '--config.batch_size=64',
+                    '--config.num_epochs=3', '--config.learning_rate=0.01'], env=env)
   assert result.returncode == 0, result.stderr
   trained = float(re.search(r'test accuracy ([\d.]+)', result.stdout).group(1))
   assert trained > 0.5  # chance: 0.05
 
-  result = _patched_cli(patch, ['eval', '--workdir', str(workdir)], env=env)
+  result = run_cli(['eval', '--workdir', str(workdir)], env=env)
   assert result.returncode == 0, result.stderr
   assert float(re.search(r'test accuracy ([\d.]+)', result.stdout).group(1)) == trained
   assert '/160 correct' in result.stdout
 
-  result = _patched_cli(patch, ['report', '--workdir', str(workdir)], env=env)
+  result = run_cli(['report', '--workdir', str(workdir)], env=env)
   assert result.returncode == 0, result.stderr
   report_md = (workdir / 'report.md').read_text()
   assert '| true \\ pred | colour0 | colour1 |' in report_md  # class names in the matrix
   assert '### Accuracy per class' in report_md
 
-  result = _patched_cli(patch, ['explore', *common, '--out', str(tmp_path / 'explore')], env=env)
+  result = run_cli(['explore', *common, '--out', str(tmp_path / 'explore')], env=env)
   assert result.returncode == 0, result.stderr
   assert 'per class' in result.stdout
   assert '# my_colours at a glance' in (tmp_path / 'explore' / 'explore.md').read_text()
 
   exported = tmp_path / 'exported'
-  result = _patched_cli(patch, ['export', '--workdir', str(workdir), '--out', str(exported)],
-                        env=env)
+  result = run_cli(['export', '--workdir', str(workdir), '--out', str(exported)], env=env)
   assert result.returncode == 0, result.stderr
   summary = json.loads((exported / 'summary.json').read_text())
   assert summary['export']['predict_test_accuracy'] == trained  # measured on its own test split
@@ -426,48 +401,41 @@ def test_a_data_set_of_your_own_trains_evaluates_reports_and_predicts(user_modul
   picture[36:60, 12:84] = 255 - picture[36:60, 12:84]
   image = tmp_path / 'seven.png'
   Image.fromarray(picture.astype(np.uint8), 'RGB').save(image)
-  result = _patched_cli(patch, ['predict', '--workdir', str(exported), str(image)], env=env)
+  result = run_cli(['predict', '--workdir', str(exported), str(image)], env=env)
   assert result.returncode == 0, result.stderr
   assert re.match(rf'{re.escape(str(image))}  7 \(colour7\)  [\d.]+  \(top 3: 7 \(colour7\) ',
                   result.stdout), result.stdout
 
-  _serve(user_module, workdir, image)
+  _serve(workdir, image)
 
 
-def _serve(user_module, workdir, image):
+def _serve(workdir, image):
   """`POST /v1/predict` of the user's data set (FastAPI's in-process client): class names in
   the answer, the image the model saw at the data set's shape, pixels at its size."""
   pytest.importorskip('fastapi', reason="the 'serve' extra is not installed")
-  import importlib.util  # pylint: disable=import-outside-toplevel
   from fastapi.testclient import TestClient  # pylint: disable=import-outside-toplevel
   from mnist_flax.inference import ensemble  # pylint: disable=import-outside-toplevel
   from mnist_flax.serving import api  # pylint: disable=import-outside-toplevel
-  saved = dict(spec_lib.DATASETS)
-  try:
-    module_spec = importlib.util.spec_from_file_location('my_colours_in_test', user_module)
-    module_spec.loader.exec_module(importlib.util.module_from_spec(module_spec))
-    app = api.create_app(ensemble.load_ensemble([workdir]),
-                         api.Settings(batch_sizes=(1, 2, 4), max_images=4))
-    with TestClient(app) as client:
-      for _ in range(2400):
-        if client.get('/healthz').status_code == 200:
-          break
-        time.sleep(0.05)
-      info = client.get('/v1/model').json()
-      assert info['dataset'] == 'my_colours' and info['image_shape'] == [32, 32, 3]
-      assert info['class_names'][:2] == ['colour0', 'colour1']
-      response = client.post('/v1/predict?seen=true', content=image.read_bytes(),
-                             headers={'content-type': 'image/png'})
-      assert response.status_code == 200, response.text
-      row = response.json()['predictions'][0]
-      assert (row['label'], row['class_name']) == (7, 'colour7')
-      assert np.asarray(row['seen']).shape == (32, 32, 3)
-      pixels = np.asarray(Image.open(image).resize((32, 32))).tolist()
-      response = client.post('/v1/predict', json={'images': [{'pixels': pixels}]})
-      assert response.status_code == 200, response.text
-      assert response.json()['predictions'][0]['class_name'] == 'colour7'
-      response = client.post('/v1/predict', json={'images': [{'pixels': [[0] * 28] * 28}]})
-      assert response.status_code == 422 and '32 rows of 32 [r, g, b] lists' in response.text
-  finally:
-    spec_lib.DATASETS.clear()
-    spec_lib.DATASETS.update(saved)
+  # load_ensemble imports the run's config.imports (the user's module) into this process.
+  app = api.create_app(ensemble.load_ensemble([workdir]),
+                       api.Settings(batch_sizes=(1, 2, 4), max_images=4))
+  with TestClient(app) as client:
+    for _ in range(2400):
+      if client.get('/healthz').status_code == 200:
+        break
+      time.sleep(0.05)
+    info = client.get('/v1/model').json()
+    assert info['dataset'] == 'my_colours' and info['image_shape'] == [32, 32, 3]
+    assert info['class_names'][:2] == ['colour0', 'colour1']
+    response = client.post('/v1/predict?seen=true', content=image.read_bytes(),
+                           headers={'content-type': 'image/png'})
+    assert response.status_code == 200, response.text
+    row = response.json()['predictions'][0]
+    assert (row['label'], row['class_name']) == (7, 'colour7')
+    assert np.asarray(row['seen']).shape == (32, 32, 3)
+    pixels = np.asarray(Image.open(image).resize((32, 32))).tolist()
+    response = client.post('/v1/predict', json={'images': [{'pixels': pixels}]})
+    assert response.status_code == 200, response.text
+    assert response.json()['predictions'][0]['class_name'] == 'colour7'
+    response = client.post('/v1/predict', json={'images': [{'pixels': [[0] * 28] * 28}]})
+    assert response.status_code == 422 and '32 rows of 32 [r, g, b] lists' in response.text

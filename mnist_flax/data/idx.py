@@ -23,14 +23,18 @@ from mnist_flax.errors import DataError
 IDX_DIR_ENV = MNIST.idx.idx_dir_env
 
 
-def idx_files(spec: DatasetSpec) -> dict[str, tuple[str, int, tuple[int, ...]]]:
-  """name -> (file stem, IDX magic number, shape) of a data set's four files."""
+def idx_files(spec: DatasetSpec) -> dict[str, tuple[str, int, tuple]]:
+  """name -> (file stem, IDX magic number, shape) of a data set's four files.
+
+  The number of examples (None in the shape) is the file's own: a smaller copy in the same
+  layout (a subset, the tests' mirror) reads as well, and `load_datasets` scales the validation
+  split to it; images and labels of a split must agree (`from_files`).
+  """
   height, width, _ = spec.image_shape
   out = {}
   for key, stem in spec.idx.stems.items():
-    split, kind = key.split('_')
-    count = spec.split_sizes[split]
-    out[key] = (stem, 2051, (count, height, width)) if kind == 'images' else (stem, 2049, (count,))
+    kind = key.split('_')[1]
+    out[key] = (stem, 2051, (None, height, width)) if kind == 'images' else (stem, 2049, (None,))
   return out
 
 
@@ -52,8 +56,9 @@ OFFLINE_HELP = offline_help(MNIST)
 
 
 def parse_idx(data: bytes, path: str, expected_magic: int | None = None,
-              expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
-  """Parses the bytes of one uncompressed IDX file; `path` is what errors call it."""
+              expected_shape: tuple | None = None) -> np.ndarray:
+  """Parses the bytes of one uncompressed IDX file; `path` is what errors call it. A None in
+  `expected_shape` accepts any size there."""
   if len(data) < 8:
     raise DataError(f'{path}: file too short ({len(data)} bytes) for an IDX header')
   magic = struct.unpack('>I', data[:4])[0]
@@ -68,8 +73,11 @@ def parse_idx(data: bytes, path: str, expected_magic: int | None = None,
   if len(data) < header:
     raise DataError(f'{path}: truncated header ({len(data)} bytes, expected at least {header})')
   shape = struct.unpack('>' + 'I' * ndim, data[4:header])
-  if expected_shape is not None and tuple(shape) != tuple(expected_shape):
-    raise DataError(f'{path}: header says shape {tuple(shape)}; expected {tuple(expected_shape)}')
+  if expected_shape is not None and (len(shape) != len(expected_shape) or any(
+      want is not None and got != want for got, want in zip(shape, expected_shape))):
+    wanted = tuple('N' if d is None else d for d in expected_shape)
+    raise DataError(f'{path}: header says shape {tuple(shape)}; expected '
+                    f'({", ".join(map(str, wanted))}{"," if len(wanted) == 1 else ""})')
   size = int(np.prod(shape))
   if len(data) - header != size:
     raise DataError(f'{path}: truncated or oversized: {len(data) - header} data bytes, expected '
@@ -184,9 +192,15 @@ def check_labels(arrays: dict[str, np.ndarray], paths: dict,
 
 def from_files(arrays: dict[str, np.ndarray], paths: dict,
                spec: DatasetSpec) -> dict[str, np.ndarray]:
-  """Labels checked, then the data set's storage undone: images transposed back to upright
+  """Labels and counts checked, then the data set's storage undone: images transposed back upright
   (EMNIST stores them column by column), labels counted from 0 (EMNIST Letters' from 1)."""
   arrays = dict(check_labels(arrays, paths, spec))
+  for split in ('train', 'test'):
+    images, labels = arrays[f'{split}_images'], arrays[f'{split}_labels']
+    if len(images) != len(labels):
+      raise DataError(f'{paths[f"{split}_images"]} holds {len(images)} images but '
+                      f'{paths[f"{split}_labels"]} {len(labels)} labels; expected one label per '
+                      f'image (the {spec.title} files of one release)')
   layout = spec.idx
   for key in arrays:
     if key.endswith('images') and layout.transposed:
