@@ -98,7 +98,8 @@ def checksums_module(path: pathlib.Path, entries: dict) -> pathlib.Path:
   """A module that puts `entries` ({url_checksums name: registered(...)}) in place of TFDS's
   registered checksums when imported: named in `config.imports`, it does in a fresh
   `mnist-flax` process what a test's monkeypatch does in its own."""
-  literal = {group: {name: list(r) for name, r in files.items()} for group, files in entries.items()}
+  literal = {group: {name: list(r) for name, r in files.items()}
+             for group, files in entries.items()}
   path.write_text(
       '"""TFDS\'s registered checksums replaced by a test mirror\'s."""\n\n'
       'from mnist_flax.data import download\n\n'
@@ -106,7 +107,8 @@ def checksums_module(path: pathlib.Path, entries: dict) -> pathlib.Path:
       'REAL = download.registered_files\n\n\n'
       "def registered_files(checksums='mnist'):\n"
       '  if checksums in MIRROR:\n'
-      '    return {name: download.Registered(*entry) for name, entry in MIRROR[checksums].items()}\n'
+      '    return {name: download.Registered(*entry)\n'
+      '            for name, entry in MIRROR[checksums].items()}\n'
       '  return REAL(checksums)\n\n\n'
       'download.registered_files = registered_files\n')
   return path
