@@ -91,9 +91,9 @@ def cmd_explore(args, overrides):
   config = _load_config(args, overrides)
   from mnist_flax.reporting import explore  # pylint: disable=import-outside-toplevel
   result = explore.explore(config, args.out)
-  counts = result['counts']
-  for name, per_digit in counts.items():
-    print(f'{name:>10}: {sum(per_digit):6d} images; per digit ' + ' '.join(map(str, per_digit)))
+  counts, noun = result['counts'], result['spec'].noun
+  for name, per_class in counts.items():
+    print(f'{name:>10}: {sum(per_class):6d} images; per {noun} ' + ' '.join(map(str, per_class)))
   print('wrote ' + ', '.join(str(f) for f in result['files']))
   return 0
 
@@ -114,7 +114,7 @@ def cmd_predict(args, overrides):
   """Classifies image files; bad files are reported and the good ones still classified."""
   # Light imports only: JAX, Flax, Orbax, Pillow. Never TensorFlow/TFDS (start-up time).
   import json  # pylint: disable=import-outside-toplevel
-  from mnist_flax.inference import ensemble, predict, preprocess  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import ensemble, predict  # pylint: disable=import-outside-toplevel
   from mnist_flax.errors import ImageError  # pylint: disable=import-outside-toplevel
   predict.enable_compilation_cache()
   # One model is an ensemble of one: the same probabilities, one code path.
@@ -123,11 +123,14 @@ def cmd_predict(args, overrides):
   images, good, errors = [], [], {}
   for path in args.files:
     try:
-      images.append(preprocess.preprocess(path))
+      images.append(classifier.prepare(path))  # as the run's data set says (MNIST: its steps)
       good.append(path)
     except ImageError as e:
       errors[path] = str(e)
   found = {p.source: p for p in classifier.predictions(images, good, args.top_k)} if good else {}
+  # Labels shown with their class names, unless the names are the labels' digits (MNIST).
+  spec = classifier.spec
+  names = spec.class_names != tuple(str(k) for k in range(spec.num_classes))
   if args.json:
     print(json.dumps([found[f].to_dict(classifier.name) if f in found
                       else {'file': f, 'error': errors[f]}
@@ -137,9 +140,10 @@ def cmd_predict(args, overrides):
       print(f'mnist-flax predict: error: {errors[path]}', file=sys.stderr)
     elif not args.json:
       p = found[path]
-      ranked = ', '.join(f'{k} {q:.4f}' for k, q in p.top_k)
-      print(f'{path}  {p.label}  {p.probability:.4f}' + (f'  (top {len(p.top_k)}: {ranked})'
-                                                         if len(p.top_k) > 1 else ''))
+      named = lambda k: f'{k} ({p.name_of(k)})' if names else str(k)  # noqa: E731
+      ranked = ', '.join(f'{named(k)} {q:.4f}' for k, q in p.top_k)
+      print(f'{path}  {named(p.label)}  {p.probability:.4f}' + (f'  (top {len(p.top_k)}: {ranked})'
+                                                                if len(p.top_k) > 1 else ''))
   if args.show and found:
     from mnist_flax.reporting import plots  # pylint: disable=import-outside-toplevel
     plots.plot_predictions([found[f] for f in args.files if f in found], args.show)
@@ -288,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--top-k', type=_top_k, default=3, help='how many ranked labels (1-10; default 3)')
   p.add_argument('--json', action='store_true', help='print JSON instead of one line per file')
   p.add_argument('--show', metavar='OUT.png',
-                 help='save each input beside the 28x28 the model saw and its probabilities')
+                 help='save each input beside the image the model saw and its probabilities')
   p.set_defaults(func=cmd_predict)
 
   p = sub.add_parser('serve', help='a page to draw digits on and a JSON API (POST /v1/predict), '

@@ -69,7 +69,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.augment.elastic_sigma = 4.0  # smoothness of the elastic field (Gaussian sigma, pixels)
 
   # The data set: a name from mnist_flax.data.DATASETS (a DatasetSpec record: image shape,
-  # classes, split sizes and its loader; 'mnist' is served by config.data_source).
+  # classes, split sizes and its sources): 'mnist', 'fashion_mnist', 'kmnist', 'emnist_balanced',
+  # 'emnist_letters' (served by config.data_source), or one registered with its own loader.
   config.dataset = 'mnist'
   config.batch_size = 128
   config.num_epochs = 3
@@ -100,15 +101,16 @@ def runtime_fields() -> ml_collections.ConfigDict:
   config.imports = ()
   # Run directory: '' -> checkpoints/<name>.
   config.workdir = ''
-  # Data (mnist_flax/data/sources.py). data_source: 'idx' (a local folder of the four IDX
-  # files: idx_dir, else $MNIST_IDX_DIR), 'tfds' (TFDS's mnist, prepared if needed: preparing
-  # needs TensorFlow), 'download' (the IDX files from TFDS's location, verified; no TensorFlow)
-  # or 'auto' (idx if a folder is given, else tfds where TensorFlow or a readable prepared copy
-  # is, else download). Every source gives the same arrays in the same order.
+  # Data (mnist_flax/data/sources.py) of config.dataset. data_source: 'idx' (a local folder of
+  # the four IDX files: idx_dir, else $MNIST_IDX_DIR, $FASHION_MNIST_IDX_DIR, $KMNIST_IDX_DIR or
+  # $EMNIST_IDX_DIR), 'tfds' (TFDS's copy, prepared if needed: preparing needs TensorFlow),
+  # 'download' (the files from TFDS's location, verified; no TensorFlow) or 'auto' (idx if a
+  # folder is given, else tfds where TensorFlow or a readable prepared copy is, else download).
+  # Every source gives the same arrays in the same order.
   config.data_source = 'auto'
   config.idx_dir = ''
   config.tfds_data_dir = ''  # '' -> $TFDS_DATA_DIR, else TFDS default (~/tensorflow_datasets)
-  config.download_url = ''  # '' -> $MNIST_DOWNLOAD_URL, else TFDS's (a mirror's base URL)
+  config.download_url = ''  # '' -> $<DATASET>_DOWNLOAD_URL, else TFDS's (a mirror's base URL)
   config.eval_batch_size = 1000  # evaluation is exact whatever the batch
   # Checkpoints: every epoch end, plus every N steps and/or S seconds (0 = off), plus
   # on SIGTERM/SIGINT. Kept: the latest `keep_checkpoints` and the best by `best_metric`
@@ -393,8 +395,9 @@ def _validate_kwargs(config, get) -> None:
   """model_kwargs and optimizer_kwargs fit their constructors (built, nothing computed)."""
   from mnist_flax import models  # pylint: disable=import-outside-toplevel  (see above)
   from mnist_flax.parts import optim  # pylint: disable=import-outside-toplevel  (see above)
+  from mnist_flax.data import spec  # pylint: disable=import-outside-toplevel  (see above)
   try:
-    models.get_model(config)
+    models.get_model(config, spec.DATASETS[get('dataset')].num_classes)
   except TypeError as e:
     kwargs = dict(config.get('model_kwargs') or {})
     raise ConfigError(f'config.model_kwargs={kwargs} does not fit model '

@@ -1,12 +1,12 @@
-"""MNIST as uint8 arrays on the host, split into train / validation / test.
+"""A data set (MNIST by default) as uint8 arrays on the host, split into train / validation / test.
 
     datasets = load_datasets(config)   # -> Datasets(train, test, validation, source)
 
-The pieces, bottom up: `spec` (what the data set is, and the canonical order of its examples),
-`idx` (parse the official IDX files), `download` (fetch them, verified), `tfds_source` (TFDS's
-prepared `mnist`), `sources` (pick a source, return canonical arrays). None of them needs
-TensorFlow, except preparing a TFDS dataset (`pip install "mnist_flax[tensorflow]"`). Scaling to
-float32 happens on the device, inside the jitted steps.
+The pieces, bottom up: `spec` (what each data set is: shape, classes, sources, and the canonical
+order of its examples), `idx` (parse the official IDX files), `download` (fetch them, verified),
+`tfds_source` (TFDS's prepared copy), `sources` (pick a source, return canonical arrays). None
+of them needs TensorFlow, except preparing a TFDS dataset (`pip install "mnist_flax[tensorflow]"`).
+Scaling to float32 happens on the device, inside the jitted steps.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 from mnist_flax.data.idx import (IDX_DIR_ENV, IDX_FILES, OFFLINE_HELP, find_idx_files, parse_idx,
                                  read_idx, read_idx_dir)
 from mnist_flax.data.sources import SOURCES, choose_source, load_arrays, resolve_idx_dir, tfds_data_dir
-from mnist_flax.data.spec import DATASETS, MNIST, DatasetSpec, canonical_order, spec_of
+from mnist_flax.data.spec import (DATASETS, EMNIST_BALANCED, EMNIST_LETTERS, FASHION_MNIST, KMNIST,
+                                  MNIST, DatasetSpec, IdxFiles, canonical_order, spec_of)
 from mnist_flax.data.spec import register as register_dataset
 from mnist_flax.errors import DataError
 
@@ -32,7 +33,7 @@ NUM_TRAIN, NUM_TEST = MNIST.num_train, MNIST.num_test
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split: images uint8 (N, 28, 28, 1) and labels int32 (N,)."""
+  """One split: images uint8 (N, H, W, C) (the data set's image shape) and labels int32 (N,)."""
   images: np.ndarray
   labels: np.ndarray
 
@@ -55,9 +56,30 @@ def load_raw(config) -> tuple[Split, Split, str]:
   """The full train and test splits, in the canonical order, and where they came from."""
   spec = spec_of(config)
   arrays, description = spec.load(config) if spec.load else load_arrays(config)
-  splits = [Split(np.ascontiguousarray(arrays[f'{s}_images']).reshape((-1,) + spec.image_shape),
-                  arrays[f'{s}_labels'].astype(np.int32)) for s in ('train', 'test')]
+  splits = [_split(arrays, name, spec) for name in ('train', 'test')]
   return splits[0], splits[1], description
+
+
+def _split(arrays: dict, name: str, spec: DatasetSpec) -> Split:
+  """One split of what a loader returned, checked against the spec (one DataError if it does not
+  fit: a loader of your own is easy to get slightly wrong)."""
+  try:
+    images, labels = np.asarray(arrays[f'{name}_images']), np.asarray(arrays[f'{name}_labels'])
+  except (KeyError, TypeError):
+    raise DataError(f'data set {spec.name!r}: its loader must return a dict with '
+                    f'{name}_images and {name}_labels arrays') from None
+  if images.dtype != np.uint8 or images.size != len(images) * int(np.prod(spec.image_shape)):
+    raise DataError(f'data set {spec.name!r}: {name}_images must be uint8 images of shape '
+                    f'{spec.image_shape} (N x H x W, or N x H x W x C), got {images.dtype} '
+                    f'{images.shape}')
+  if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f'data set {spec.name!r}: {name}_labels must be {len(images)} integer labels '
+                    f'(one per image), got {labels.dtype} {labels.shape}')
+  if len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
+    raise DataError(f'data set {spec.name!r}: {name}_labels must be in 0..{spec.num_classes - 1} '
+                    f'({spec.num_classes} classes), found {int(labels.min())}..{int(labels.max())}')
+  return Split(np.ascontiguousarray(images).reshape((-1,) + spec.image_shape),
+               labels.astype(np.int32))
 
 
 def validation_count(requested: int, available: int, spec: DatasetSpec = MNIST) -> int:
@@ -112,7 +134,9 @@ def load_datasets(config) -> Datasets:
 
 
 __all__ = [
-    'DATASETS', 'DataError', 'Datasets', 'DatasetSpec', 'register_dataset', 'spec_of', 'IDX_DIR_ENV', 'IDX_FILES', 'IMAGE_SHAPE', 'MNIST',
+    'DATASETS', 'DataError', 'Datasets', 'DatasetSpec', 'EMNIST_BALANCED', 'EMNIST_LETTERS',
+    'FASHION_MNIST', 'IdxFiles', 'KMNIST', 'register_dataset', 'spec_of', 'IDX_DIR_ENV',
+    'IDX_FILES', 'IMAGE_SHAPE', 'MNIST',
     'NUM_CLASSES', 'NUM_TEST', 'NUM_TRAIN', 'OFFLINE_HELP', 'SOURCES', 'Split', 'canonical_order',
     'choose_source', 'find_idx_files', 'load_arrays', 'load_datasets', 'load_raw', 'parse_idx',
     'read_idx', 'read_idx_dir', 'resolve_idx_dir', 'tfds_data_dir', 'train_size', 'validation_count',

@@ -47,11 +47,11 @@ _view = jax.jit(augment.shift_images, static_argnums=(1, 2, 3))
 
 
 def view_probabilities(classifier, images, views=TTA_VIEWS.get('none')) -> np.ndarray:
-  """(N, 10) probabilities of one classifier, averaged over the TTA `views` of `images`
-  (uint8 [0, 255] or float [0, 1], (N, 28, 28[, 1]))."""
+  """(N, classes) probabilities of one classifier, averaged over the TTA `views` of `images`
+  (uint8 [0, 255] or float [0, 1], (N, H, W[, C]))."""
   images = np.asarray(images)
   if not len(images):
-    return np.zeros((0, data.MNIST.num_classes), np.float32)
+    return np.zeros((0, classifier.spec.num_classes), np.float32)
   floats = to_float(images) if len(views) > 1 else None  # NHWC float, what the warps take
   total = 0.0
   for d_row, d_col, rotate in views:
@@ -70,6 +70,11 @@ class EnsembleClassifier(predict_lib.ClassifierBase):
   names: list = dataclasses.field(default_factory=list)
 
   @property
+  def spec(self) -> data.DatasetSpec:
+    """The members' data set (`load_ensemble` checks that they share one)."""
+    return self.members[0].spec
+
+  @property
   def name(self) -> str:
     """The model's name in `predict --json` and the API: its member(s), and the TTA if any."""
     tta = f' (tta {self.tta})' if self.tta != 'none' else ''
@@ -80,7 +85,8 @@ class EnsembleClassifier(predict_lib.ClassifierBase):
     return [view_probabilities(member, images, views) for member in self.members]
 
   def probabilities(self, images) -> np.ndarray:
-    """uint8 (N, 28, 28[, 1]) MNIST-style images -> float32 (N, 10) averaged probabilities."""
+    """uint8 (N, H, W[, C]) images of the data set -> float32 (N, classes) averaged
+    probabilities."""
     return sum(self.member_probabilities(images)) / len(self.members)
 
 
@@ -108,6 +114,12 @@ def load_ensemble(specs: Sequence[str | pathlib.Path | None], tta: str = 'none',
     members.append(predict_lib.load_classifier(directory or None, sharding,
                                                checkpoint=which or checkpoint))
   TTA_VIEWS.get(tta)  # after loading: a member's config.imports may register it
+  first = members[0].spec
+  for spec, member in zip(specs[1:], members[1:]):
+    if (member.spec.image_shape, member.spec.class_names) != (first.image_shape, first.class_names):
+      raise ConfigError(f'ensemble member {spec} was trained on data set {member.spec.name!r}, '
+                        f'the first member on {first.name!r}: members must share the images and '
+                        'classes they average over')
   return EnsembleClassifier(members=members, tta=tta,
                             names=[str(s) if s else 'pretrained' for s in specs])
 

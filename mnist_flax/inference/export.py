@@ -28,12 +28,17 @@ from mnist_flax.errors import CheckpointError
 
 
 def measure_test_accuracy(classifier: predict.Classifier, idx_dir: str | None = None) -> dict:
-  """Accuracy on the 10,000 MNIST test images through `Classifier.probabilities` (`predict`).
+  """Accuracy on the test images of the model's data set through `Classifier.probabilities`
+  (`predict`).
 
-  Reads the test IDX files directly (`idx_dir`, else $MNIST_IDX_DIR) with `data.read_idx`, so
-  no TensorFlow is needed.
+  MNIST's test IDX files are read directly (`idx_dir`, else $MNIST_IDX_DIR) with
+  `data.read_idx`, so no TensorFlow is needed; another data set's test split is read through
+  the run's data settings (`idx_dir`, when given, replacing its folder).
   """
-  images, labels = mnist_test_set(idx_dir)
+  if classifier.spec.name != data.MNIST.name:
+    images, labels = _test_split(classifier.config, idx_dir)
+  else:
+    images, labels = mnist_test_set(idx_dir)
   probs = classifier.probabilities(images)
   correct = int((probs.argmax(1) == labels).sum())
   return {'test_accuracy': correct / len(labels), 'test_correct': correct, 'count': len(labels)}
@@ -51,6 +56,14 @@ def mnist_test_set(idx_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     path = next((folder / n for n in (stem + '.gz', stem) if (folder / n).exists()), folder / stem)
     files[key] = data.read_idx(path, magic, shape)
   return files['test_images'], files['test_labels'].astype(np.int32)
+
+
+def _test_split(config, idx_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  config = config.copy_and_resolve_references()
+  if idx_dir:
+    config.idx_dir, config.data_source = idx_dir, 'idx'
+  test = data.load_raw(config)[1]
+  return test.images, test.labels
 
 
 def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: str | None = None,

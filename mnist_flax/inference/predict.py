@@ -8,8 +8,9 @@
   model (`mnist-flax export`, e.g. the shipped `mnist_flax/pretrained/`) onto this machine's
   first device, through an abstract target: a model trained on a TPU or on 8 devices loads on a
   CPU; nothing is unpickled; an empty, foreign or corrupt directory is one `CheckpointError`.
-* `classify(inputs)`: file paths, numpy arrays or PIL images -> per image the label, its
-  probability and the top k, after MNIST-style preprocessing (`preprocess.py`).
+* `classify(inputs)`: file paths, numpy arrays or PIL images -> per image the label, its class
+  name, its probability and the top k, after the preprocessing the run's data set asks for
+  (`preprocess.prepare`: MNIST-style for handwriting).
 
 This module must stay light to import: no TensorFlow, no TFDS, no training stack (the
 `predict` command starts in about a second and a half).
@@ -34,7 +35,7 @@ import numpy as np
 from mnist_flax import config as config_lib, models
 from mnist_flax.models import forward
 from mnist_flax.runs import rundir
-from mnist_flax.data.spec import MNIST, spec_of
+from mnist_flax.data.spec import MNIST, DatasetSpec, spec_of
 from mnist_flax.errors import CheckpointError, ConfigError
 from mnist_flax.models.forward import predict
 from mnist_flax.runs.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
@@ -97,8 +98,9 @@ def _model_of(config, directory: pathlib.Path):
     models.MODELS.get(name)
   except ConfigError as e:  # unknown here: the registry's message (it names config.imports)
     raise CheckpointError(f'{directory}: {e}') from None
+  num_classes = spec_of(config).num_classes
   try:
-    return models.get_model(config)
+    return models.get_model(config, num_classes)
   except (TypeError, KeyError, ValueError) as e:
     raise CheckpointError(f'{directory}: config.json does not describe a valid {name!r} model '
                           f'({e})') from None
@@ -187,19 +189,30 @@ def _require_finite_weights(variables: dict, directory: pathlib.Path) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-  """One input's result: the label, its probability, the top k (label, probability) pairs,
-  all ten probabilities, and the 28x28 image the model saw."""
+  """One input's result: the label, its class name, its probability, the top k (label,
+  probability) pairs, every class's probability, and the image the model saw (H x W, or
+  H x W x C for colour)."""
   source: str
   label: int
   probability: float
   top_k: tuple[tuple[int, float], ...]
   probabilities: np.ndarray
   image: np.ndarray
+  class_names: tuple = ()  # label -> name (the data set's); () = the label's digits
+
+  @property
+  def class_name(self) -> str:
+    return self.name_of(self.label)
+
+  def name_of(self, label: int) -> str:
+    return self.class_names[label] if self.class_names else str(label)
 
   def to_dict(self, model: Optional[str] = None) -> dict:
     """What `predict --json` prints and `POST /v1/predict` returns per image (same keys)."""
-    out = {'file': self.source, 'label': self.label, 'probability': self.probability,
-           'top_k': [{'label': k, 'probability': p} for k, p in self.top_k]}
+    out = {'file': self.source, 'label': self.label, 'class_name': self.class_name,
+           'probability': self.probability,
+           'top_k': [{'label': k, 'class_name': self.name_of(k), 'probability': p}
+                     for k, p in self.top_k]}
     if model is not None:
       out['model'] = model
     return out
@@ -211,36 +224,52 @@ def _bucket(n: int) -> int:
 
 
 def rank(probs: np.ndarray, images: np.ndarray, sources: Sequence[str],
-         top_k: int = 3) -> list[Prediction]:
-  """(N, 10) probabilities of (N, 28, 28) images -> one Prediction each (ties: lower label)."""
+         top_k: int = 3, class_names: Sequence[str] = ()) -> list[Prediction]:
+  """(N, classes) probabilities of (N, H, W[, C]) images -> one Prediction each (ties: lower
+  label); `class_names` names the labels (default: their digits)."""
   results = []
   for source, image, p in zip(sources, images, probs):
     order = np.argsort(-p, kind='stable')[:top_k]
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = image[..., 0]  # grey: H x W, as people look at it
     results.append(Prediction(
         source=source, label=int(order[0]), probability=float(p[order[0]]),
         top_k=tuple((int(k), float(p[k])) for k in order), probabilities=p,
-        image=np.asarray(image).reshape(MNIST.image_shape[:2])))
+        image=image, class_names=tuple(class_names)))
   return results
 
 
 class ClassifierBase:
   """What every classifier shares: `probabilities(images)` (defined by subclasses) turned into
-  ranked `Prediction`s, from preprocessed arrays or from files, arrays and PIL images."""
+  ranked `Prediction`s, from preprocessed arrays or from files, arrays and PIL images, for the
+  data set `spec` (its image shape, class names and preprocessing)."""
+
+  @property
+  def spec(self) -> DatasetSpec:
+    raise NotImplementedError
 
   def probabilities(self, images) -> np.ndarray:
     raise NotImplementedError
 
   def predictions(self, images: np.ndarray, sources: Sequence[str], top_k: int = 3) -> list[Prediction]:
-    """Predictions for already preprocessed images (uint8 (N, 28, 28))."""
+    """Predictions for already preprocessed images (uint8 (N, H, W[, C]))."""
     images = np.asarray(images)
-    return rank(self.probabilities(images), images, sources, top_k)
+    return rank(self.probabilities(images), images, sources, top_k, self.spec.class_names)
+
+  def prepare(self, source, name: Optional[str] = None) -> np.ndarray:
+    """One input (path, bytes, array, PIL image) -> the uint8 image the model takes
+    (`spec.image_shape`), prepared as the data set says (ImageError on a bad one)."""
+    # pylint: disable-next=import-outside-toplevel  (PIL)
+    from mnist_flax.inference import preprocess as prep
+    return prep.prepare(source, self.spec, name)
 
   def classify(self, inputs: Iterable[Any], top_k: int = 3) -> list[Prediction]:
     """File paths, numpy arrays or PIL images -> one Prediction each (ImageError on a bad one)."""
     from mnist_flax.inference import preprocess as prep  # pylint: disable=import-outside-toplevel  (PIL)
     inputs = list(inputs)
-    images = (np.stack([prep.preprocess(x) for x in inputs]) if inputs
-              else np.zeros((0,) + MNIST.image_shape[:2], np.uint8))
+    images = (np.stack([self.prepare(x) for x in inputs]) if inputs
+              else np.zeros((0,) + self.spec.image_shape, np.uint8))
     return self.predictions(images, [prep.describe(x) for x in inputs], top_k)
 
 
@@ -254,8 +283,13 @@ class Classifier(ClassifierBase):
   summary: dict = dataclasses.field(default_factory=dict)
   step: Optional[int] = None  # the run's checkpoint step restored (None: an exported model)
 
+  @property
+  def spec(self) -> DatasetSpec:
+    """The data set the model was trained on (config.json's `dataset`)."""
+    return spec_of(self.config)
+
   def probabilities(self, images) -> np.ndarray:
-    """uint8 (N, 28, 28[, 1]) MNIST-style images -> float32 (N, 10) probabilities."""
+    """uint8 (N, H, W[, C]) images of the run's data set -> float32 (N, classes) probabilities."""
     images = np.asarray(images)
     if images.ndim == 3:
       images = images[..., None]
@@ -264,7 +298,8 @@ class Classifier(ClassifierBase):
       chunk = images[start:start + MAX_BATCH]
       chunk = forward.pad_to(chunk, _bucket(len(chunk)))
       out.append(np.asarray(predict(self.model, self.variables, chunk)))
-    return np.concatenate(out)[:len(images)] if out else np.zeros((0, MNIST.num_classes), np.float32)
+    return (np.concatenate(out)[:len(images)] if out
+            else np.zeros((0, self.spec.num_classes), np.float32))
 
 
 def load_classifier(directory: str | pathlib.Path | None = None, sharding=None,
@@ -302,7 +337,7 @@ def _cached_classifier(directory: str) -> Classifier:
 
 def classify(inputs: Iterable[Any], workdir: str | pathlib.Path | None = None,
              top_k: int = 3) -> list[Prediction]:
-  """Classifies digit images (paths, arrays, PIL images) with a run's model or the pretrained one.
+  """Classifies images (paths, arrays, PIL images) with a run's model or the pretrained one.
 
       from mnist_flax.inference.predict import classify
       [p.label for p in classify(['my_seven.jpg'])]        # -> [7]

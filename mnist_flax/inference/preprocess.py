@@ -17,8 +17,10 @@ on an arbitrary image (a file path, a numpy array or a PIL image):
    centre of mass.
 
 An image that already is MNIST-like passes through essentially unchanged (the same pixels, up to
-a grey level or two of contrast stretch). Only numpy and Pillow: no TensorFlow, no SciPy, so the
-`predict` command starts fast.
+a grey level or two of contrast stretch). Other data sets prepare images their own way:
+`prepare(source, spec)` follows the data set's `spec.prepare` (these steps for handwriting,
+`fit_on_black` for Fashion-MNIST's object photos, `resize`, or the data set's own function).
+Only numpy and Pillow: no TensorFlow, no SciPy, so the `predict` command starts fast.
 """
 
 from __future__ import annotations
@@ -605,3 +607,150 @@ def render_photo_like(digit: np.ndarray, rng: np.random.Generator, size: int = 0
   decoded = Image.open(buffer)
   decoded.load()
   return decoded
+
+
+# ---------------------------------------------------------------------------- any data set
+
+
+def prepare(source: ImageLike, spec, name: str | None = None) -> np.ndarray:
+  """Any image -> one image of data set `spec` (a `data.DatasetSpec`): uint8 `spec.image_shape`,
+  made the way the data set says (`spec.prepare`):
+
+  * 'handwriting': MNIST's steps (`preprocess`), for MNIST, KMNIST and EMNIST;
+  * 'fit_on_black': Fashion-MNIST's own conversion (`fit_on_black`);
+  * 'resize': the whole image resized to the image size (`resize`), the default for your own;
+  * a function (source, name) -> uint8 image of the data set's shape: your own.
+
+  Raises ImageError (naming the input, or `name`) for a missing, unreadable or blank image.
+  """
+  name = name or describe(source)
+  way, shape = spec.prepare, tuple(spec.image_shape)
+  if callable(way):
+    image = np.asarray(way(source, name))
+    if image.dtype != np.uint8 or image.size != int(np.prod(shape)):
+      raise ValueError(f'data set {spec.name!r}: its prepare function returned {image.dtype} '
+                       f'{image.shape}; expected uint8 of shape {shape}')
+    return image.reshape(shape)
+  if way == 'handwriting':
+    return preprocess(source, name).reshape(shape)
+  if way == 'fit_on_black':
+    return fit_on_black(source, shape, name)
+  return resize(source, shape, name)
+
+
+def _resized(values: np.ndarray, width: int, height: int) -> np.ndarray:
+  """A float (H, W) plane resized: area averaging when shrinking, bilinear when enlarging."""
+  h, w = values.shape
+  method = Image.Resampling.BOX if width <= w and height <= h else Image.Resampling.BILINEAR
+  return np.asarray(Image.fromarray(np.ascontiguousarray(values, np.float32), 'F').resize(
+      (width, height), method))
+
+
+def _to_uint8(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+  """Float [0, 1] (H, W) or (H, W, 3) -> uint8 of `shape`, grey repeated over the channels."""
+  values = np.clip(values, 0.0, 1.0)
+  if values.ndim == 2:
+    values = np.repeat(values[..., None], shape[-1], axis=-1)
+  elif shape[-1] == 1:
+    values = _luminance(values)[..., None]
+  return np.round(values * 255.0).astype(np.uint8).reshape(shape)
+
+
+def fit_on_black(source: ImageLike, shape: tuple[int, int, int],
+                 name: str | None = None) -> np.ndarray:
+  """An object photo -> a Fashion-MNIST-style image: uint8 `shape`, the object light on black.
+
+  Fashion-MNIST's own conversion of Zalando's product photos, without its sharpening: the
+  background (the border's median grey) trimmed away, the object's long side resized to the
+  image size with its aspect ratio kept, centred, and negated when the background is light, so
+  that the background is black. The background level is subtracted, so a grey backdrop is black
+  too.
+  """
+  name = name or describe(source)
+  grey = load_grey(source, name)
+  level = float(np.median(_border(grey)))
+  if level > 0.5:
+    grey, level = 1.0 - grey, 1.0 - level
+  mask = np.abs(grey - level) > 0.05  # Fashion-MNIST's trimming: within 5% of the border's tone
+  if not mask.any():
+    raise NoDigitError(f'{name}: nothing in the image stands out from its background (blank?)')
+  rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+  crop = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  crop = np.clip((crop - level) / max(1.0 - level, 1e-3), 0.0, 1.0)
+  height, width = shape[:2]
+  scale = min(height / crop.shape[0], width / crop.shape[1])
+  new_h, new_w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+  field = np.zeros((height, width), np.float32)
+  top, left = (height - new_h) // 2, (width - new_w) // 2
+  field[top:top + new_h, left:left + new_w] = _resized(crop, new_w, new_h)
+  return _to_uint8(field, shape)
+
+
+def resize(source: ImageLike, shape: tuple[int, int, int], name: str | None = None) -> np.ndarray:
+  """Any image -> uint8 `shape` (H, W, 1 or 3): the whole image resized, grey or RGB, nothing
+  else."""
+  name = name or describe(source)
+  height, width, channels = shape
+  if channels not in (1, 3):
+    raise ValueError(f'resize makes grey (1) or RGB (3) images, not {channels} channels; give the '
+                     'data set a prepare function of its own')
+  if channels == 1:
+    return _to_uint8(_resized(load_grey(source, name), width, height), shape)
+  rgb = load_rgb(source, name)
+  return _to_uint8(np.stack([_resized(rgb[..., k], width, height) for k in range(3)], -1), shape)
+
+
+def load_rgb(source: ImageLike, name: str | None = None, size: int = WORK_SIZE) -> np.ndarray:
+  """An image file, encoded bytes, array or PIL image -> float32 (H, W, 3) RGB in [0, 1], long
+  side <= `size`; transparency composited on white, grey images repeated over the channels."""
+  name = name or describe(source)
+  if isinstance(source, np.ndarray):
+    array = np.asarray(source)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1):
+      return np.repeat(load_grey(array, name, size)[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+      raise ImageError(f'{name}: expected an image array of shape (H, W), (H, W, 1), (H, W, 3) or '
+                       f'(H, W, 4), got {array.shape}')
+    _check_size(array.shape[1], array.shape[0], name)
+    image = Image.fromarray(_unit_to_uint8(array, name))
+  elif isinstance(source, Image.Image):
+    _check_size(*source.size, name)
+    image = source
+  elif isinstance(source, (str, os.PathLike)):
+    image = open_image(source, size)
+  elif isinstance(source, (bytes, bytearray, memoryview)):
+    image = decode_image(bytes(source), name, size)
+  else:
+    raise ImageError(f'{name}: expected a file path, encoded image bytes, a numpy array or a '
+                     'PIL image')
+  try:
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in image.info:
+      rgba = image.convert('RGBA')
+      image = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba)
+    image = image.convert('RGB')
+  except (OSError, ValueError) as e:
+    raise ImageError(f'{name}: cannot read image: {e}') from None
+  if max(image.size) > size:
+    factor = size / max(image.size)
+    image = image.resize((max(1, round(image.size[0] * factor)),
+                          max(1, round(image.size[1] * factor))), Image.Resampling.BOX)
+  return np.asarray(image, np.float32) / 255.0
+
+
+def _unit_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+  """An (H, W, 3|4) array of uint8, uint16, bool or float ([0, 1] or [0, 255]) -> uint8."""
+  if array.dtype == np.uint8:
+    return array
+  if array.dtype == np.uint16:
+    return (array // 257).astype(np.uint8)
+  if array.dtype == np.bool_:
+    return array.astype(np.uint8) * 255
+  if not np.issubdtype(array.dtype, np.number):
+    raise ImageError(f'{name}: unsupported image array dtype {array.dtype}')
+  values = array.astype(np.float32)
+  if not np.all(np.isfinite(values)):
+    raise ImageError(f'{name}: image array holds NaN or infinite values')
+  if values.max() <= 1.0:
+    values = values * 255.0
+  return np.round(np.clip(values, 0.0, 255.0)).astype(np.uint8)

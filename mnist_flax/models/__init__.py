@@ -1,13 +1,15 @@
 """Flax linen models, selected by name with `config.model`.
 
-Every model maps float images (N, 28, 28, 1) to logits (N, 10), takes a keyword-only `train`
-flag, and computes in `dtype` while keeping float32 parameters. Adding a model is one class and
-one `@register('name')` line.
+Every model maps float images (N, H, W, C) (MNIST: 28x28x1) to logits (N, classes), takes a
+keyword-only `train` flag, and computes in `dtype` while keeping float32 parameters. A model with
+a `num_classes` field gets the data set's class count from `get_model`. Adding a model is one
+class and one `@register('name')` line.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -226,13 +228,27 @@ class BlockCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
-def get_model(config) -> nn.Module:
-  """Instantiates `config.model` with `config.model_kwargs` and the config's compute dtype."""
+def get_model(config, num_classes: Optional[int] = None) -> nn.Module:
+  """Instantiates `config.model` with `config.model_kwargs` and the config's compute dtype.
+
+  `num_classes`: the data set's class count (`data.spec_of(config).num_classes`; the callers
+  above the data layer pass it), given to a model that has a `num_classes` field unless
+  `config.model_kwargs.num_classes` sets it. None: the model's own default (10).
+  """
   cls = MODELS.get(config.model)
   kwargs = dict(config.get('model_kwargs') or {})
   for key, value in kwargs.items():  # ConfigDict stores tuples as lists after a JSON round trip
     if isinstance(value, list):
       kwargs[key] = tuple(value)
+  if num_classes is not None and 'num_classes' not in kwargs and _takes(cls, 'num_classes'):
+    kwargs['num_classes'] = int(num_classes)
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[
       config.get('dtype', 'float32')]
   return cls(dtype=dtype, **kwargs)
+
+
+def _takes(cls, name: str) -> bool:
+  try:
+    return name in inspect.signature(cls).parameters
+  except (TypeError, ValueError):
+    return False

@@ -124,7 +124,8 @@ def steps_per_epoch(records: list[dict]) -> int:
 def plot_digit_grid(images: np.ndarray, captions: Sequence[str], out: str | pathlib.Path,
                     title: str, ncols: int = 8, cell_inches: float = 1.25,
                     caption_size: int = 11) -> pathlib.Path:
-  """uint8 digits (N, 28, 28[, 1]) in a grid, each with a caption above it, dark ink on white."""
+  """uint8 images (N, H, W[, C]) in a grid, each with a caption above it: grey ones dark ink on
+  white, colour ones as they are."""
   plt = pyplot()
   n = len(images)
   ncols = max(1, min(ncols, n))
@@ -136,32 +137,58 @@ def plot_digit_grid(images: np.ndarray, captions: Sequence[str], out: str | path
   for i, ax in enumerate(axes.flat):
     ax.axis('off')
     if i < n:
-      ax.imshow(np.asarray(images[i]).reshape(np.shape(images[i])[:2]), cmap='Greys', vmin=0, vmax=255,
-                interpolation='nearest')
+      _show(ax, images[i], cmap='Greys')
       ax.set_title(captions[i], fontsize=caption_size)
   fig.suptitle(title, fontsize=14)
   fig.tight_layout()
   return save_figure(fig, out)
 
 
+def _show(ax, image, cmap: str):
+  """One uint8 image (H, W[, C]) on `ax`: grey through `cmap`, colour as RGB."""
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if image.ndim == 2:
+    ax.imshow(image, cmap=cmap, vmin=0, vmax=255, interpolation='nearest')
+  else:
+    ax.imshow(image, interpolation='nearest')
+
+
+def class_ticks(ax, axis: str, names: Optional[Sequence[str]], count: int):
+  """Ticks at every class, labelled with its name (rotated when names are long or many)."""
+  ticks = range(count)
+  labels = list(names) if names is not None else [str(t) for t in ticks]
+  style = {'fontsize': 9 if count <= 20 else 7} if count > 10 else {}
+  if axis == 'x':
+    if max((len(n) for n in labels), default=1) > 2 or count > 20:
+      style['rotation'] = 90
+    ax.set_xticks(ticks, labels, **style)
+  else:
+    ax.set_yticks(ticks, labels, **style)
+
+
 def plot_confusion_matrix(confusion: np.ndarray, out: str | pathlib.Path,
-                          title: str = 'confusion matrix on the test set') -> pathlib.Path:
-  """Counts of (true, predicted) digits; log-scaled shading so rare confusions stay visible."""
+                          title: str = 'confusion matrix on the test set',
+                          class_names: Optional[Sequence[str]] = None,
+                          noun: str = 'digit') -> pathlib.Path:
+  """Counts of (true, predicted) classes; log-scaled shading so rare confusions stay visible."""
   from matplotlib.colors import LogNorm  # pylint: disable=import-outside-toplevel  (start-up time)
   plt = pyplot()
-  fig, ax = plt.subplots(figsize=(8.5, 7.5))
+  n = confusion.shape[0]
+  side = max(1.0, n / 10)  # MNIST's 10 classes: the original 8.5 x 7.5 inches
+  fig, ax = plt.subplots(figsize=(8.5 * side, 7.5 * side))
   shown = np.where(confusion > 0, confusion, np.nan)  # zeros stay white
   image = ax.imshow(shown, cmap='Greys', norm=LogNorm(vmin=1, vmax=max(int(confusion.max()), 2)))
   threshold = math.sqrt(max(int(confusion.max()), 1))  # half-way up the log scale
   for (true, pred), count in np.ndenumerate(confusion):
     if count:
-      ax.text(pred, true, str(count), ha='center', va='center', fontsize=9,
+      ax.text(pred, true, str(count), ha='center', va='center', fontsize=9 if n <= 20 else 6,
               color='white' if count > threshold else 'black')
-  ticks = range(confusion.shape[0])
-  ax.set_xticks(ticks)
-  ax.set_yticks(ticks)
-  ax.set_xlabel('predicted digit')
-  ax.set_ylabel('true digit')
+  class_ticks(ax, 'x', class_names, n)
+  class_ticks(ax, 'y', class_names, n)
+  ax.set_xlabel(f'predicted {noun}')
+  ax.set_ylabel(f'true {noun}')
   ax.set_title(f'{title} ({int(np.trace(confusion))} of {int(confusion.sum())} correct)')
   fig.colorbar(image, ax=ax, label='number of test images (log scale)')
   fig.tight_layout()
@@ -169,20 +196,24 @@ def plot_confusion_matrix(confusion: np.ndarray, out: str | pathlib.Path,
 
 
 def plot_per_class_accuracy(confusion: np.ndarray, out: str | pathlib.Path,
-                            title: str = 'accuracy per digit on the test set') -> pathlib.Path:
+                            title: str = 'accuracy per digit on the test set',
+                            class_names: Optional[Sequence[str]] = None,
+                            noun: str = 'digit') -> pathlib.Path:
   plt = pyplot()
   accuracy = 100.0 * per_class_accuracy(confusion)
-  fig, ax = plt.subplots(figsize=(9, 4.5))
+  fig, ax = plt.subplots(figsize=(max(9, 0.4 * len(accuracy)), 4.5))
   bars = ax.bar(range(len(accuracy)), accuracy, color='0.55', edgecolor='black')
-  texts = ax.bar_label(bars, labels=[f'{a:.2f}' for a in accuracy], padding=2, fontsize=9)
+  texts = ax.bar_label(bars, labels=[f'{a:.2f}' for a in accuracy], padding=2,
+                       fontsize=9 if len(accuracy) <= 20 else 6,
+                       rotation=0 if len(accuracy) <= 20 else 90)
   for text in texts:  # readable where the dashed overall line crosses a label
     text.set_bbox(dict(facecolor='white', edgecolor='none', pad=1))
   overall = 100.0 * np.trace(confusion) / max(confusion.sum(), 1)
-  ax.axhline(overall, color='black', linestyle='--', zorder=0, label=f'all digits: {overall:.2f}%')
+  ax.axhline(overall, color='black', linestyle='--', zorder=0, label=f'all {noun}s: {overall:.2f}%')
   low = float(np.nanmin(accuracy)) if len(accuracy) else 0.0
   ax.set_ylim(max(0.0, low - 0.25 * (100 - low) - 1), 100.5)
-  ax.set_xticks(range(len(accuracy)))
-  ax.set_xlabel('true digit')
+  class_ticks(ax, 'x', class_names, len(accuracy))
+  ax.set_xlabel(f'true {noun}')
   ax.set_ylabel('correctly classified (%)')
   ax.set_title(title)
   ax.legend(loc='lower right')
@@ -244,7 +275,7 @@ def markdown_table(header: Sequence[str], rows) -> str:
 
 
 def plot_predictions(predictions: Sequence, path: str | pathlib.Path):
-  """One row per prediction: the input as loaded, the 28x28 the model saw, the probabilities.
+  """One row per prediction: the input as loaded, the image the model saw, the probabilities.
 
   So a person can see why: a wrong label usually shows up as a bad crop or a lost stroke in the
   middle panel.
@@ -259,19 +290,23 @@ def plot_predictions(predictions: Sequence, path: str | pathlib.Path):
       shown = prep.load_grey(p.source) if pathlib.Path(p.source).is_file() else None
     except Exception:  # pylint: disable=broad-except  (display only)
       shown = None
-    ax_in.imshow(p.image if shown is None else shown, cmap='gray', vmin=0, vmax=1 if shown is not None else 255)
+    if shown is None:
+      _show(ax_in, p.image, cmap='gray')
+    else:
+      ax_in.imshow(shown, cmap='gray', vmin=0, vmax=1)
     ax_in.set_title(pathlib.Path(p.source).name[:28], fontsize=9)
-    ax_seen.imshow(p.image, cmap='gray', vmin=0, vmax=255)
-    ax_seen.set_title('what the model sees (28x28)', fontsize=9)
+    _show(ax_seen, p.image, cmap='gray')
+    ax_seen.set_title(f'what the model sees ({p.image.shape[0]}x{p.image.shape[1]})', fontsize=9)
     for ax in (ax_in, ax_seen):
       ax.set_xticks([])
       ax.set_yticks([])
     classes = range(len(p.probabilities))
     colours = ['tab:blue' if k == p.label else 'lightgray' for k in classes]
     ax_bar.bar(classes, p.probabilities, color=colours, edgecolor='black', linewidth=0.5)
-    ax_bar.set_xticks(classes)
+    class_ticks(ax_bar, 'x', p.class_names or None, len(p.probabilities))
     ax_bar.set_ylim(0, 1)
-    ax_bar.set_title(f'label {p.label}  p={p.probability:.3f}', fontsize=9)
+    named = f' ({p.class_name})' if p.class_name != str(p.label) else ''
+    ax_bar.set_title(f'label {p.label}{named}  p={p.probability:.3f}', fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
 

@@ -20,7 +20,7 @@ from mnist_flax import config as config_lib, files
 from mnist_flax.parts import metrics
 from mnist_flax.reporting import plots
 from mnist_flax.runs import rundir
-from mnist_flax.data.spec import MNIST
+from mnist_flax.data.spec import DATASETS, MNIST, DatasetSpec
 from mnist_flax.errors import CheckpointError
 from mnist_flax.reporting.plots import (
     NUM_MISTAKES, markdown_table, most_confident_mistakes, per_class_accuracy, plot_compare,
@@ -29,7 +29,6 @@ from mnist_flax.runs.rundir import (
     COMPARE_FILE, CONFUSION_FILE, CURVES_FILE, METRICS_FILE, MISTAKES_FILE, PER_CLASS_FILE,
     REPORT_FILE, SUMMARY_FILE, read_metrics, read_summary)
 
-NUM_CLASSES = MNIST.num_classes
 _SHORT = {'accuracy': 'acc', 'validation': 'val'}  # epoch-table column abbreviations
 
 
@@ -39,10 +38,11 @@ _SHORT = {'accuracy': 'acc', 'validation': 'val'}  # epoch-table column abbrevia
 @dataclasses.dataclass
 class TestAnalysis:
   """Predictions of a checkpoint on the test set."""
-  images: np.ndarray  # uint8 (N, 28, 28, 1)
+  images: np.ndarray  # uint8 (N, H, W, C)
   labels: np.ndarray  # int (N,)
-  probs: np.ndarray  # float32 (N, 10)
+  probs: np.ndarray  # float32 (N, classes)
   step: int  # the checkpoint's training step
+  spec: DatasetSpec = MNIST  # the data set: its class names and what a class is called
 
   @property
   def predictions(self) -> np.ndarray:
@@ -63,14 +63,16 @@ def predict_test_set(workdir: str | pathlib.Path) -> TestAnalysis:
   classifier = predict.load_classifier(workdir)
   test = data.load_datasets(classifier.config).test
   return TestAnalysis(images=test.images, labels=np.asarray(test.labels),
-                      probs=classifier.probabilities(test.images), step=classifier.step)
+                      probs=classifier.probabilities(test.images), step=classifier.step,
+                      spec=classifier.spec)
 
 
 def plot_mistakes(analysis: TestAnalysis, out: str | pathlib.Path, k: int = NUM_MISTAKES) -> pathlib.Path:
   index = most_confident_mistakes(analysis.labels, analysis.probs, k)
   predicted = analysis.predictions
-  captions = [f'true {analysis.labels[i]}, pred {predicted[i]}\np={analysis.probs[i, predicted[i]]:.3f}'
-              for i in index]
+  names = analysis.spec.class_names
+  captions = [f'true {names[analysis.labels[i]]}, pred {names[predicted[i]]}\n'
+              f'p={analysis.probs[i, predicted[i]]:.3f}' for i in index]
   title = (f'the {len(index)} most confident mistakes on the test set '
            f'(of {int((predicted != analysis.labels).sum())} wrong)')
   return plot_digit_grid(analysis.images[index], captions, out, title, ncols=8)
@@ -117,7 +119,8 @@ def summary_rows(run: RunFiles) -> list[tuple[str, str]]:
     rows = [('test accuracy', f'{s["test_accuracy"]:.4f}'),
             ('test loss', f'{s["test_loss"]:.6f}')]
     if 'test_correct' in s:
-      rows.append(('test images correct', f'{s["test_correct"]} / {MNIST.num_test}'))
+      num_test = getattr(_spec_of(c), 'num_test', '?')
+      rows.append(('test images correct', f'{s["test_correct"]} / {num_test}'))
     rows += [('epochs', str(s['epochs'])), ('steps', str(s['steps'])),
              ('training time (s)', f'{s["train_seconds"]:.1f}'), ('devices', s.get('devices', '?')),
              ('parameters', _fmt_int(s['params']) if 'params' in s else '?'),
@@ -136,6 +139,12 @@ def summary_rows(run: RunFiles) -> list[tuple[str, str]]:
   return rows
 
 
+def _spec_of(config: dict) -> Optional[DatasetSpec]:
+  """The data set of a run's config.json (None: one its config.imports register, not imported)."""
+  name = config.get('dataset', MNIST.name)
+  return DATASETS.get(name) if name in DATASETS else None
+
+
 def _epoch_table(records: list[dict]) -> str:
   """One row per epoch; a column per split and metric the records hold (metrics.record_keys)."""
   keys = metrics.record_keys({k: None for r in records for k in r})
@@ -149,6 +158,8 @@ def _epoch_table(records: list[dict]) -> str:
 
 def _analysis_section(run: RunFiles, analysis: TestAnalysis) -> list[str]:
   confusion = analysis.confusion
+  names, noun = analysis.spec.class_names, analysis.spec.noun
+  classes = range(analysis.spec.num_classes)
   correct = int(np.trace(confusion))
   lines = ['## Test set', '',
            f'Predictions of the checkpoint at step {analysis.step} on all {int(confusion.sum())} '
@@ -158,20 +169,20 @@ def _analysis_section(run: RunFiles, analysis: TestAnalysis) -> list[str]:
     verdict = 'equal to' if expected == correct else 'DIFFERENT FROM'
     lines[-1] += f' That is {verdict} the {expected} counted by evaluation (summary.json).'
   lines += ['', f'![confusion matrix]({CONFUSION_FILE})', '', '### Confusion matrix',
-            '', 'Rows: true digit; columns: predicted digit.', '']
-  lines.append(markdown_table(['true \\ pred'] + [str(d) for d in range(NUM_CLASSES)],
-                              [[d] + list(map(int, confusion[d])) for d in range(NUM_CLASSES)]))
+            '', f'Rows: true {noun}; columns: predicted {noun}.', '']
+  lines.append(markdown_table(['true \\ pred'] + [names[d] for d in classes],
+                              [[names[d]] + list(map(int, confusion[d])) for d in classes]))
   off = confusion - np.diag(np.diag(confusion))
   top = [(int(off[t, p]), t, p) for t, p in zip(*np.nonzero(off))]
   top.sort(key=lambda x: (-x[0], x[1], x[2]))
   if top:
     lines += ['Most frequent confusions: ' + ', '.join(
-        f'{t} read as {p} ({n}x)' for n, t, p in top[:5]) + '.', '']
+        f'{names[t]} read as {names[p]} ({n}x)' for n, t, p in top[:5]) + '.', '']
   accuracy = per_class_accuracy(confusion)
-  lines += ['### Accuracy per digit', '', f'![accuracy per digit]({PER_CLASS_FILE})', '',
-            markdown_table(['digit', 'test images', 'correct', 'accuracy'],
-                           [[d, int(confusion[d].sum()), int(confusion[d, d]), f'{accuracy[d]:.4f}']
-                            for d in range(NUM_CLASSES)]),
+  lines += [f'### Accuracy per {noun}', '', f'![accuracy per {noun}]({PER_CLASS_FILE})', '',
+            markdown_table([noun, 'test images', 'correct', 'accuracy'],
+                           [[names[d], int(confusion[d].sum()), int(confusion[d, d]),
+                             f'{accuracy[d]:.4f}'] for d in classes]),
             '### Most confident mistakes', '',
             f'![most confident mistakes]({MISTAKES_FILE})', '']
   return lines
@@ -190,8 +201,9 @@ def write_report(run: RunFiles, out_dir: str | pathlib.Path | None = None,
   if analysis is not None:
     lines += _analysis_section(run, analysis)
   else:
-    lines += ['The confusion matrix, accuracy per digit and the most confident mistakes come from '
-              f'`mnist-flax report --workdir {run.workdir}`.', '']
+    noun = (_spec_of(run.config) or MNIST).noun
+    lines += [f'The confusion matrix, accuracy per {noun} and the most confident mistakes come '
+              f'from `mnist-flax report --workdir {run.workdir}`.', '']
   if compare:
     lines += _compare_section([run, *compare])
   return files.write_text(out_dir / REPORT_FILE, '\n'.join(lines).rstrip() + '\n')
@@ -239,8 +251,12 @@ def build_report(workdir: str | pathlib.Path, compare: Sequence[str | pathlib.Pa
   analysis = None
   if with_model and _has_checkpoint(workdir):
     analysis = predict_test_set(workdir)
-    plots += [plot_confusion_matrix(analysis.confusion, out_dir / CONFUSION_FILE),
-              plot_per_class_accuracy(analysis.confusion, out_dir / PER_CLASS_FILE),
+    spec = analysis.spec
+    plots += [plot_confusion_matrix(analysis.confusion, out_dir / CONFUSION_FILE,
+                                    class_names=spec.class_names, noun=spec.noun),
+              plot_per_class_accuracy(analysis.confusion, out_dir / PER_CLASS_FILE,
+                                      title=f'accuracy per {spec.noun} on the test set',
+                                      class_names=spec.class_names, noun=spec.noun),
               plot_mistakes(analysis, out_dir / MISTAKES_FILE)]
   if len(runs) > 1:
     plots.append(plot_compare(runs, out_dir / COMPARE_FILE))

@@ -7,8 +7,9 @@
     GET  /docs, /openapi.json   the schema FastAPI generates
 
 `POST /v1/predict` takes multipart `file` fields (one per image), JSON
-`{"images": [{"base64": ...} | {"pixels": 28x28 numbers}, ...]}`, or a raw `image/*` body.
-Every image goes through `preprocess.preprocess` (on a thread pool, off the event loop) and then
+`{"images": [{"base64": ...} | {"pixels": 28x28 numbers}, ...]}` (the model's image size), or a
+raw `image/*` body. Every image goes through the preprocessing of the model's data set
+(`preprocess.prepare`; MNIST's steps for handwriting), on a thread pool, off the event loop, then
 through `batching.MicroBatcher`, which gathers concurrent requests into one call of the jitted
 `predict.predict`, so this is the classifier `mnist-flax predict` is, batched.
 
@@ -85,7 +86,8 @@ class ImageIn(pydantic.BaseModel):
   base64: Optional[str] = pydantic.Field(
       None, description='an encoded image file (PNG, JPEG, ...), base64; a data: URL also works')
   pixels: Optional[list] = pydantic.Field(  # checked by _pixels_array, with a clearer message
-      None, description='28 rows of 28 grey levels, 0-255 (or 0-1), either polarity',
+      None, description='the rows of grey levels of the model\'s image size (MNIST: 28 rows of '
+                        '28), 0-255 (or 0-1), either polarity; [r, g, b] lists for a colour one',
       json_schema_extra={'items': {'type': 'array', 'items': {'type': 'number'}}})
   name: Optional[str] = pydantic.Field(None, description="echoed back as the result's `file`")
 
@@ -97,6 +99,7 @@ class PredictJson(pydantic.BaseModel):
 
 class TopK(pydantic.BaseModel):
   label: int
+  class_name: str
   probability: float
 
 
@@ -104,11 +107,12 @@ class PredictionOut(pydantic.BaseModel):
   """The keys of `mnist-flax predict --json`; `seen` only with `?seen=true`."""
   file: str
   label: int
+  class_name: str = pydantic.Field(description="the label's name in the model's data set")
   probability: float
   top_k: list[TopK]
   model: str
   seen: Optional[list[list[int]]] = pydantic.Field(
-      None, description='the 28x28 image the model saw (white on black, 0-255)')
+      None, description='the image the model saw (MNIST: 28x28, white on black, 0-255)')
 
 
 class PredictOut(pydantic.BaseModel):
@@ -189,15 +193,23 @@ def _b64_bytes(text: str, name: str) -> bytes:
     raise ApiError(400, 'bad_base64', f'{name}: "base64" is not valid base64 ({e})') from None
 
 
-def _pixels_array(rows: list, name: str) -> np.ndarray:
-  """28 rows of 28 numbers -> float32 (28, 28); anything else is a 422 saying what it got."""
-  wanted = f'{name}: "pixels" must be 28 rows of 28 numbers'
+def _pixels_array(rows: list, name: str, image_shape=(28, 28, 1)) -> np.ndarray:
+  """H rows of W numbers (of W [r, g, b] triples for a colour data set) -> float32 (H, W[, 3]);
+  anything else is a 422 saying what it got."""
+  height, width, channels = image_shape
+  cell = 'numbers' if channels == 1 else f'[{", ".join("rgb"[:channels])}] lists'
+  wanted = f'{name}: "pixels" must be {height} rows of {width} {cell}'
   if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
     raise ApiError(422, 'bad_shape', f'{wanted}; got a list that is not a list of rows')
   lengths = sorted({len(r) for r in rows})
-  if len(rows) != prep.MNIST_SIZE or lengths != [prep.MNIST_SIZE]:
+  if len(rows) != height or lengths != [width]:
     raise ApiError(422, 'bad_shape', f'{wanted}; got {len(rows)} rows of {lengths} values')
-  if not all(type(v) in (int, float) for r in rows for v in r):  # (bool is not a grey level)
+  values = [v for r in rows for v in r]
+  if channels > 1:
+    if not all(isinstance(v, list) and len(v) == channels for v in values):
+      raise ApiError(422, 'bad_shape', f'{wanted}; got pixels that are not {channels} numbers')
+    values = [c for v in values for c in v]
+  if not all(type(v) in (int, float) for v in values):  # (bool is not a grey level)
     raise ApiError(422, 'bad_shape', f'{wanted}; got values that are not numbers')
   array = np.asarray(rows, np.float32)
   if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
@@ -206,8 +218,8 @@ def _pixels_array(rows: list, name: str) -> np.ndarray:
   return array
 
 
-def json_images(body: bytes) -> list[tuple[str, object]]:
-  """(name, bytes or 28x28 array) of each image of a JSON body."""
+def json_images(body: bytes, image_shape=(28, 28, 1)) -> list[tuple[str, object]]:
+  """(name, bytes or pixel array) of each image of a JSON body."""
   try:
     request = PredictJson.model_validate_json(body)
   except pydantic.ValidationError as e:
@@ -224,11 +236,12 @@ def json_images(body: bytes) -> list[tuple[str, object]]:
     if (item.base64 is None) == (item.pixels is None):
       raise ApiError(422, 'bad_request', f'{name}: give exactly one of "base64" and "pixels"')
     images.append((name, _b64_bytes(item.base64, name) if item.base64 is not None
-                   else _pixels_array(item.pixels, name)))
+                   else _pixels_array(item.pixels, name, image_shape)))
   return images
 
 
-async def request_images(request: Request, settings: Settings) -> list[tuple[str, object]]:
+async def request_images(request: Request, settings: Settings,
+                         image_shape=(28, 28, 1)) -> list[tuple[str, object]]:
   """Dispatches on the content type; checks the number of images."""
   kind = request.headers.get('content-type', '').split(';')[0].strip().lower()
   if kind not in (JSON_TYPE, MULTIPART_TYPE) and not kind.startswith('image/'):
@@ -236,7 +249,7 @@ async def request_images(request: Request, settings: Settings) -> list[tuple[str
                    f'content type {kind or "(none)"!r} is not accepted; send {VALID_TYPES}')
   body = await read_body(request, settings.max_body_bytes)
   if kind == JSON_TYPE:
-    images = json_images(body)
+    images = json_images(body, image_shape)
   elif kind == MULTIPART_TYPE:
     images = await multipart_images(request, body)
   else:
@@ -249,19 +262,24 @@ async def request_images(request: Request, settings: Settings) -> list[tuple[str
   return images
 
 
-def preprocess_all(images: list[tuple[str, object]]) -> np.ndarray:
-  """On a worker thread: uint8 (k, 28, 28), or the first image's error as an ApiError."""
+def preprocess_all(images: list[tuple[str, object]], spec=None) -> np.ndarray:
+  """On a worker thread: uint8 (k, *spec.image_shape) prepared for the data set `spec` (None:
+  MNIST's preprocessing, (k, 28, 28)), or the first image's error as an ApiError."""
   out = []
   for name, source in images:
     try:
-      out.append(prep.preprocess(source, name=name[:200]))
+      out.append(prep.preprocess(source, name=name[:200]) if spec is None
+                 else prep.prepare(source, spec, name=name[:200]))
     except ImageTooLargeError as e:
       raise ApiError(413, 'image_too_large', str(e)) from None
     except NoDigitError as e:
       raise ApiError(422, 'no_digit', str(e)) from None
     except ImageError as e:
+      shape = spec.image_shape if spec is not None else (28, 28, 1)
       raise ApiError(422, 'bad_image', f'{e}; valid: PNG, JPEG, GIF, BMP, TIFF, WebP images of '
-                                       'a digit, or 28x28 grey levels') from None
+                                       f'a {getattr(spec, "noun", "digit")}, or {shape[0]}x'
+                                       f'{shape[1]} {"grey levels" if shape[2] == 1 else "pixels"}'
+                     ) from None
   return np.stack(out)
 
 
@@ -281,9 +299,12 @@ def model_info(classifier) -> dict:
                     'step': member.step if member.step is not None else summary.get('steps'),
                     'test_accuracy': summary.get('test_accuracy')})
   one = members[0] if len(members) == 1 else {}
+  spec = classifier.spec
   return {'name': classifier.name, 'architecture': one.get('architecture', 'ensemble'),
           'parameters': sum(m['parameters'] for m in members), 'step': one.get('step'),
-          'test_accuracy': one.get('test_accuracy'), 'tta': classifier.tta, 'members': members}
+          'test_accuracy': one.get('test_accuracy'), 'tta': classifier.tta, 'members': members,
+          'dataset': spec.name, 'image_shape': list(spec.image_shape),
+          'class_names': list(spec.class_names)}
 
 
 class Service:
@@ -292,9 +313,11 @@ class Service:
   def __init__(self, classifier, settings: Settings):
     self.classifier, self.settings = classifier, settings
     self.name = classifier.name
+    self.spec = classifier.spec  # the data set: image shape, class names, preprocessing
     self.info = model_info(classifier)
     self.batcher = batching.MicroBatcher(classifier.probabilities, settings.batch_sizes,
-                                         settings.max_wait_ms / 1000.0, settings.batching)
+                                         settings.max_wait_ms / 1000.0, settings.batching,
+                                         image_shape=self.spec.image_shape)
     threads = settings.preprocess_threads or os.cpu_count() or 2
     self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix='preprocess')
     self.ready = asyncio.Event()
@@ -307,7 +330,7 @@ class Service:
     sample.paste(0, (24, 12, 40, 52))  # a bar: a "1", through the whole preprocessing path
     buffer = io.BytesIO()
     sample.save(buffer, 'PNG')
-    prep.preprocess(buffer.getvalue())
+    prep.prepare(buffer.getvalue(), self.spec)
     self.warm_up_seconds = time.perf_counter() - start
 
   async def warm_up(self):
@@ -325,11 +348,11 @@ class Service:
       raise ApiError(503, 'warming_up', 'the model is still compiling; retry in a second '
                                         '(GET /healthz says when it is ready)')
     loop = asyncio.get_running_loop()
-    arrays = await loop.run_in_executor(self.pool, preprocess_all, images)
+    arrays = await loop.run_in_executor(self.pool, preprocess_all, images, self.spec)
     probs = await self.batcher.submit(arrays)
     names = [name[:200] for name, _ in images]
     predictions = []
-    for p in predict_lib.rank(probs, arrays, names, top_k):
+    for p in predict_lib.rank(probs, arrays, names, top_k, self.spec.class_names):
       row = p.to_dict(self.name)
       if seen:
         row['seen'] = p.image.tolist()
@@ -414,9 +437,9 @@ def create_app(classifier, settings: Settings = Settings()) -> FastAPI:
   @app.post('/v1/predict', response_model=PredictOut, responses=ERRORS, openapi_extra=PREDICT_BODY)
   async def predict(request: Request,
                     top_k: int = Query(3, ge=1, le=10, description='how many ranked labels'),
-                    seen: bool = Query(False, description='add the 28x28 image the model saw')):
-    """Classifies one or more digit images (see the request body's three forms)."""
-    images = await request_images(request, settings)
+                    seen: bool = Query(False, description='add the image the model saw')):
+    """Classifies one or more images (see the request body's three forms)."""
+    images = await request_images(request, settings, service.spec.image_shape)
     return JSONResponse(await service.predict(images, top_k, seen))
 
   return app

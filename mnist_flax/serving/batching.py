@@ -55,15 +55,17 @@ def check_batch_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
 class MicroBatcher:
   """Gathers concurrent `submit` calls into batched calls of `probabilities`.
 
-  `probabilities`: uint8 (N, 28, 28) -> float32 (N, 10), N one of `batch_sizes` (e.g.
-  `Classifier.probabilities`). Start with `start()` inside the running event loop, stop with
-  `await stop()` (it finishes every request already queued: the SIGTERM drain relies on it).
+  `probabilities`: uint8 (N, *image_shape) -> float32 (N, classes), N one of `batch_sizes`
+  (e.g. `Classifier.probabilities`; MNIST: (N, 28, 28, 1) -> (N, 10)). Start with `start()`
+  inside the running event loop, stop with `await stop()` (it finishes every request already
+  queued: the SIGTERM drain relies on it).
   """
 
   def __init__(self, probabilities: Callable[[np.ndarray], np.ndarray],
                batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, max_wait_s: float = 0.0,
-               enabled: bool = True):
+               enabled: bool = True, image_shape: Sequence[int] = (28, 28)):
     self.probabilities = probabilities
+    self.image_shape = tuple(image_shape)  # of one image, as `probabilities` takes it
     self.batch_sizes = check_batch_sizes(batch_sizes)
     self.max_batch = self.batch_sizes[-1]
     self.max_wait_s = max_wait_s
@@ -94,7 +96,7 @@ class MicroBatcher:
   def warm_up(self):
     """Compiles every batch shape now (blocking), so that no request waits for a compilation."""
     for size in self.batch_sizes:
-      np.asarray(self.probabilities(np.zeros((size, 28, 28), np.uint8)))
+      np.asarray(self.probabilities(np.zeros((size,) + self.image_shape, np.uint8)))
 
   def start(self):
     self._queue = asyncio.Queue()
@@ -110,8 +112,8 @@ class MicroBatcher:
     self._thread.shutdown(wait=True)
 
   async def submit(self, images: np.ndarray) -> np.ndarray:
-    """uint8 (k, 28, 28), 1 <= k <= max_batch -> float32 (k, 10)."""
-    images = np.asarray(images, np.uint8).reshape(-1, 28, 28)
+    """uint8 (k, *image_shape), 1 <= k <= max_batch -> float32 (k, classes)."""
+    images = np.asarray(images, np.uint8).reshape((-1,) + self.image_shape)
     if not 1 <= len(images) <= self.max_batch:
       raise ValueError(f'a request holds 1 to {self.max_batch} images, got {len(images)}')
     self.stats.requests += 1

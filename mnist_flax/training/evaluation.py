@@ -47,7 +47,7 @@ def restore_state(workdir: str | pathlib.Path, step: int | str | None = None):
       raise checkpoints.CheckpointError(
           f'{workdir / rundir.CHECKPOINT_DIR} holds no checkpoint; train first '
           f'(mnist-flax train --config.workdir={workdir})')
-    model = models.get_model(config)
+    model = models.get_model(config, data.spec_of(config).num_classes)
     restored, _ = ckpt.restore(_abstract_target(config, model, mesh), step)
   return config, model, restored['state'], mesh
 
