@@ -30,7 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   them.
   """
   config = ml_collections.ConfigDict()
-  # Model: a name from mnist_flax.models.MODELS, with keyword arguments for it.
+  # Model: a name from mnist_flax.models.known_models() (linen or NNX), with its keyword arguments.
   config.model = 'cnn'
   config.model_kwargs = ml_collections.ConfigDict()
   config.dtype = 'float32'  # compute dtype; parameters stay float32
@@ -296,7 +296,8 @@ def _validate_parts(get) -> None:
   # Function-level imports: they pull in JAX, which the CLI may need to configure first.
   from mnist_flax import models  # pylint: disable=import-outside-toplevel
   from mnist_flax.parts import losses, optim  # pylint: disable=import-outside-toplevel
-  _require(get('model') in models.MODELS, 'model', get('model'), f'one of {sorted(models.MODELS)}')
+  _require(get('model') in models.known_models(), 'model', get('model'),
+           f'one of {models.known_models()}')
   _require(optim.optimizer_constructor(get('optimizer')) is not None, 'optimizer',
            get('optimizer'), 'an optax optimizer taking learning_rate (adam, adamw, lion, sgd, '
            f'...) or one of {sorted(optim.ALIASES)}')

@@ -93,9 +93,9 @@ def _describe_layout(directory: pathlib.Path) -> str:
 
 def _model_of(config, directory: pathlib.Path):
   name = config.get('model')
-  if name not in models.MODELS:
+  if name not in models.known_models():
     raise CheckpointError(f'{directory} holds a model {name!r} that this version of mnist_flax '
-                          f'does not know; known models: {", ".join(sorted(models.MODELS))}')
+                          f'does not know; known models: {", ".join(models.known_models())}')
   try:
     return models.get_model(config)
   except (TypeError, KeyError, ValueError) as e:
