@@ -261,6 +261,7 @@ def get_model(config) -> nn.Module:
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[
       config.get('dtype', 'float32')]
   if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    # Here, not at the top: flax.nnx adds to every command's start-up (see NNX_BUILTINS).
     from mnist_flax.models import nnx as nnx_models  # pylint: disable=import-outside-toplevel
     if nnx_models.is_nnx_class(cls):
       return nnx_models.nnx_model(cls, kwargs, dtype)
