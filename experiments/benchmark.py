@@ -4,6 +4,7 @@ the peer recipes side by side, and how the cost of an epoch scales.
     python experiments/benchmark.py [--config default] [--seeds 3]
         [--seeds-config speedrun] [--target 0.99] [--steps 200] [--peak-gflops 157] [--phases] [--warm]
         [--peers flax,keras,torch --peer-epochs 3] [--scaling]
+        [--models cnn,nnx_cnn --rounds 3]
         [--json results.json] [--config.FIELD=VALUE ...]
 
 What it measures, in one process set up exactly like `mnist-flax train` (same CPU device split,
@@ -26,7 +27,11 @@ same jitted `train_step`, data resident on the device):
 * `--peers`: the recipes of `../shared/peers/` (flax, keras, torch), one after another, never in
   parallel; every figure is printed absolute and as a ratio to each peer;
 * `--scaling`: seconds per epoch of the config against the batch size and against the number of
-  CPU devices (one subprocess per cell, since the device split is fixed when JAX starts).
+  CPU devices (one subprocess per cell, since the device split is fixed when JAX starts);
+* `--models a,b`: the config with each model side by side (for example the linen reference CNN
+  and its NNX version, `cnn,nnx_cnn`): train and predict images/s, measured in `--rounds`
+  interleaved rounds (a, b, a, b, ...: load that comes and goes hits both) and the median taken,
+  and with `--seeds` each model's accuracy over those seeds; ratios to the first model.
 
 It prints tables and writes JSON (`--json`, default `<workdir>/benchmark.json`, the workdir being
 `--config.workdir` or a new temporary folder). Timings on a shared machine are noise: run it on an
@@ -343,6 +348,49 @@ def _summarize_runs(runs: list[dict]) -> dict:
   return out
 
 
+def run_models(args, config, overrides: list[str], workdir: pathlib.Path | None) -> list[dict]:
+  """`--models`: throughput of each model in interleaved rounds, then `--seeds` runs of each."""
+  from mnist_flax import config as config_lib  # pylint: disable=import-outside-toplevel
+  names = [n for n in args.models.split(',') if n]
+  rounds = {name: [] for name in names}
+  for _ in range(max(1, args.rounds)):
+    for name in names:
+      model_config = config_lib.apply_overrides(config, [f'model={name}'])
+      rounds[name].append(measure_training(model_config, args.steps, args.warmup))
+  out = []
+  for name in names:
+    runs = rounds[name]
+    entry = {'model': name, 'params': runs[0]['params'], 'rounds': runs,
+             'compile_seconds': statistics.median(r['compile_seconds'] for r in runs)}
+    for key in ('train_images_per_s', 'images_per_cpu_second', 'predict_images_per_s',
+                'eval_images_per_s'):
+      entry[key] = statistics.median(r[key] for r in runs)
+    if args.seeds:
+      entry['seeds'] = run_seeds(args, overrides + [f'--config.model={name}'], workdir / name)
+    out.append(entry)
+  return out
+
+
+def _print_models(models: list[dict] | None) -> None:
+  if not models:
+    return
+  first = models[0]
+  print(f"\nmodels side by side (images/s: median of {len(first['rounds'])} interleaved rounds; "
+        f"x = ratio to {first['model']}):")
+  print(f"  {'model':<12} {'params':>9} {'train img/s':>12} {'x':>5} {'per core-s':>10} "
+        f"{'predict img/s':>13} {'x':>5} {'compile s':>9}  test accuracy (cold seeds)")
+  for m in models:
+    seeds = m.get('seeds', {}).get('cold')
+    acc = seeds and seeds['test_accuracy']
+    accuracy = (f"{100 * acc['mean']:.2f}% mean, {100 * acc['std']:.2f} std over {acc['n']}"
+                if acc else '-')
+    print(f"  {m['model']:<12} {m['params']:>9,} {m['train_images_per_s']:>12,.0f} "
+          f"{m['train_images_per_s'] / first['train_images_per_s']:>5.2f} "
+          f"{m['images_per_cpu_second']:>10,.0f} {m['predict_images_per_s']:>13,.0f} "
+          f"{m['predict_images_per_s'] / first['predict_images_per_s']:>5.2f} "
+          f"{m['compile_seconds']:>9.1f}  {accuracy}")
+
+
 def _children_cpu_seconds() -> float:
   usage = resource.getrusage(resource.RUSAGE_CHILDREN)
   return usage.ru_utime + usage.ru_stime
@@ -498,6 +546,7 @@ def print_table(result: dict) -> None:
     print(f'  {key:<{width}}  {value}')
   _print_peers(result)
   _print_scaling(result.get('scaling'))
+  _print_models(result.get('models'))
 
 
 def _print_peers(result: dict) -> None:
@@ -575,6 +624,10 @@ def parse_args(argv):
   parser.add_argument('--scaling-devices', type=_ints, default=[1, 2])
   parser.add_argument('--scaling-images', type=int, default=12800,
                       help='images timed per scaling cell')
+  parser.add_argument('--models', default='',
+                      help='comma-separated model names measured side by side (e.g. cnn,nnx_cnn)')
+  parser.add_argument('--rounds', type=int, default=3,
+                      help='interleaved throughput rounds per model with --models')
   parser.add_argument('--steps-only', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--peer-train-limit', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--no-throughput', action='store_true', help='skip the throughput section')
@@ -600,7 +653,7 @@ def main(argv: list[str] | None = None) -> dict:
   # Same device split as `mnist-flax train`, before JAX starts.
   sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
   workdir = pathlib.Path(config.workdir) if config.workdir else None
-  if workdir is None and (args.seeds or args.scaling or not args.json):
+  if workdir is None and (args.seeds or args.scaling or args.models or not args.json):
     workdir = pathlib.Path(tempfile.mkdtemp(prefix='mnist_flax_bench_'))
   result = {'config': args.config, 'seeds_config': args.seeds_config or args.config,
             'overrides': overrides, 'target': args.target,
@@ -611,11 +664,13 @@ def main(argv: list[str] | None = None) -> dict:
       'nominal': nominal, 'sgemm': sgemm,
       'used': args.peak_gflops or sgemm,
       'source': '--peak-gflops' if args.peak_gflops else 'measured numpy sgemm'}
-  if not args.no_throughput:
+  if args.models:  # the side-by-side section replaces the single-config one
+    result['models'] = run_models(args, config, overrides, workdir)
+  elif not args.no_throughput:
     training = measure_training(config, args.steps, args.warmup, inference=not args.steps_only)
     training['share_of_peak'] = training['achieved_gflops_analytic'] / result['peak_gflops']['used']
     result['training'] = training
-  if args.seeds:
+  if args.seeds and not args.models:
     result['seeds'] = run_seeds(args, overrides, workdir)
     result['seeds']['note'] = (
         'each seed is a plain `mnist-flax train` run (same code path as users get); the same '

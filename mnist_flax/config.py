@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
   them.
   """
   config = ml_collections.ConfigDict()
-  # Model: a name from mnist_flax.models.MODELS, with keyword arguments for it.
+  # Model: a name registered in mnist_flax.models.MODELS (linen or NNX), with its keyword arguments.
   config.model = 'cnn'
   config.model_kwargs = ml_collections.ConfigDict()
   config.dtype = 'float32'  # compute dtype; parameters stay float32

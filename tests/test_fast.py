@@ -103,6 +103,9 @@ def test_pure_pieces():
   model = models.get_model(config_lib.apply_overrides(config, ['model=fastcnn']))
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))
   assert shapes['params']['Dense_0']['kernel'].shape[-1] == data.MNIST.num_classes
+  nnx_model = models.get_model(config_lib.apply_overrides(config, ['model=nnx_cnn']))
+  shapes = jax.eval_shape(lambda: nnx_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))
+  assert shapes['params']['dense2']['kernel'].shape[-1] == data.MNIST.num_classes
   assert preprocess.preprocess(SAMPLE).shape == (28, 28)
 
 

@@ -99,15 +99,21 @@ _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-             precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` with the two CPU rewrites above where they apply."""
+             precision=None, preferred_element_type=None, out_sharding=None):
+  """`lax.conv_general_dilated` with the two CPU rewrites above where they apply.
+
+  `out_sharding` (passed by flax.nnx.Conv, None unless the user shards the output) is only
+  handed on when set; a set one takes the plain convolution.
+  """
   def plain(x):
+    sharding = {} if out_sharding is None else {'out_sharding': out_sharding}
     return lax.conv_general_dilated(
         x, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+        preferred_element_type=preferred_element_type, **sharding)
 
-  simple = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+  simple = (out_sharding is None and lhs.ndim == 4
+            and feature_group_count == 1 and batch_group_count == 1
             and all(d == 1 for d in (lhs_dilation or (1, 1)))
             and all(d == 1 for d in (rhs_dilation or (1, 1)))
             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
