@@ -99,6 +99,14 @@ def test_no_cache_or_no_measuring_means_default(tmp_path, monkeypatch):
   assert not calls
 
 
+def test_a_failed_measurement_means_default_and_is_not_cached(tmp_path):
+  def broken(names, devices, workload):
+    raise OSError('no fork')
+  path = tmp_path / 'lowering.json'
+  assert lowering.cached_or_measured(2, WORKLOAD, path, broken) == 'default'
+  assert not path.exists()
+
+
 def test_setting_env_wins_and_bad_names_are_config_errors(monkeypatch):
   config = config_lib.default_config()
   assert config.cpu_lowering == 'auto'

@@ -218,7 +218,11 @@ def cached_or_measured(devices: int, workload: dict, path: Optional[pathlib.Path
   if measure is False:
     return 'default'
   logging.warning('timing the XLA CPU lowerings for this machine (once; cached in %s)', path)
-  rounds = (measure or measure_candidates)(available(cpu['flags']), devices, workload)
+  try:
+    rounds = (measure or measure_candidates)(available(cpu['flags']), devices, workload)
+  except (OSError, ValueError, subprocess.SubprocessError) as e:  # a speed-up, never a failure
+    logging.warning("could not time the CPU lowerings (%s): using 'default'", e)
+    return 'default'
   choice, ups = choose(rounds), speedups(rounds)
   table = _read(path)  # another process may have written meanwhile
   table[key] = {'choice': choice, 'speedup_over_default': ups,
@@ -274,9 +278,8 @@ def measure_candidates(names: list[str], devices: int, workload: dict, rounds: i
       for name, child in ready.items():
         child.stdin.write(f'{seconds}\n')
         child.stdin.flush()
-        reply = _reply(child, timeout)
-        if reply is not None:
-          count, elapsed = reply.split()
+        count, elapsed = (_reply(child, timeout) or '0 0').split()[:2]
+        if int(count):
           times.setdefault(name, []).append(float(elapsed) / int(count))
   except BrokenPipeError:
     pass  # a child died: it has fewer rounds, so `speedups` leaves it out
