@@ -109,8 +109,11 @@ def setup(config, devices: int, measure: bool = True) -> Optional[str]:
 def workload_of(config) -> dict:
   """What the probe trains: the config's network, batch size and compute dtype (a lowering that
   suits one network can slow another: experiments/SPEED.md)."""
-  return {'model': config.model, 'model_kwargs': dict(config.get('model_kwargs') or {}),
-          'batch_size': config.batch_size, 'dtype': config.get('dtype', 'float32')}
+  workload = {'model': config.model, 'model_kwargs': dict(config.get('model_kwargs') or {}),
+              'batch_size': config.batch_size, 'dtype': config.get('dtype', 'float32')}
+  if config.get('imports'):  # a network of the user's: the probe imports what registers it
+    workload['imports'] = list(config.imports)
+  return workload
 
 
 def apply(name: str) -> Optional[str]:
@@ -305,7 +308,8 @@ def _probe(workload: dict) -> None:
   if jax.default_backend() != 'cpu':
     return  # nothing to choose: the parent sees no reply
   config = config_lib.default_config()
-  config.update(workload)
+  config.update(dict(workload, imports=tuple(workload.get('imports', ()))))
+  config_lib.import_user_modules(config)
   mesh = sharding.make_mesh()
   n = 16 * config.batch_size
   rng = np.random.default_rng(0)
