@@ -69,8 +69,10 @@ def main(argv=None) -> list[dict]:
   parser.add_argument('variants', nargs='*', default=[''])
   args = parser.parse_args(argv)
   from mnist_flax import configs  # pylint: disable=import-outside-toplevel
-  from mnist_flax.training import sharding
+  from mnist_flax.training import lowering, sharding
   first = configs.load(args.config, validate=False)
+  devices = sharding.planned_cpu_devices(first.get('cpu_devices', 0), first.batch_size)
+  print(f"CPU lowering: {lowering.setup(first, devices)}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   sharding.setup_cpu_devices(first.get('cpu_devices', 0), first.batch_size)
   variants = [build(args.config, v) for v in args.variants]
   for v in variants:

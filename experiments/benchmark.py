@@ -3,7 +3,7 @@ the peer recipes side by side, and how the cost of an epoch scales.
 
     python experiments/benchmark.py [--config default] [--seeds 3]
         [--seeds-config speedrun] [--target 0.99] [--steps 200] [--peak-gflops 157] [--phases] [--warm]
-        [--peers flax,keras,torch --peer-epochs 3] [--scaling]
+        [--peers [flax,keras,torch,torch-refcnn-bf16,...] --peer-epochs 3] [--scaling]
         [--models cnn,nnx_cnn --rounds 3]
         [--json results.json] [--config.FIELD=VALUE ...]
 
@@ -24,8 +24,11 @@ same jitted `train_step`, data resident on the device):
   subprocess (start-up and compilation included) with an empty compilation cache of its own
   (cold); `--warm` reruns each seed on the cache it filled (warm) and checks that the accuracy is
   the same; `--phases` splits each process's wall time into its phases (experiments/phases.py);
-* `--peers`: the recipes of `../shared/peers/` (flax, keras, torch), one after another, never in
-  parallel; every figure is printed absolute and as a ratio to each peer;
+* `--peers`: the recipes of `../shared/peers/`, one after another, never in parallel; every
+  figure is printed absolute and as a ratio to each peer and to the strongest. `--peers` alone
+  runs PyTorch at its best (`PYTORCH_PEERS`: the reference CNN fp32 / bf16 autocast, eager /
+  torch.compile, and the torch speedrun fp32 / bf16); a torch peer without PyTorch
+  (`$PEER_TORCH_PYTHON`, else this interpreter) is skipped with a line saying how to install it;
 * `--scaling`: seconds per epoch of the config against the batch size and against the number of
   CPU devices (one subprocess per cell, since the device split is fixed when JAX starts);
 * `--models a,b`: the config with each model side by side (for example the linen reference CNN
@@ -55,10 +58,25 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PEERS_DIR = REPO.parent / 'shared' / 'peers'
-PEER_SCRIPTS = {'flax': 'flax_example.py', 'keras': 'keras_convnet.py', 'torch': 'torch_examples.py'}
-# The torch peer needs an interpreter with PyTorch (venv311 has none): $PEER_TORCH_PYTHON.
+# name: (script, its extra arguments). The torch_refcnn peers train the reference CNN (the peer
+# for images/s), the torch_speedrun peers a published fast recipe (the peer for time to 99%).
+PEERS = {
+    'flax': ('flax_example.py', ()), 'keras': ('keras_convnet.py', ()),
+    'torch': ('torch_examples.py', ()),
+    'torch-refcnn': ('torch_refcnn.py', ()), 'torch-refcnn-bf16': ('torch_refcnn.py', ('--bf16',)),
+    'torch-refcnn-compile': ('torch_refcnn.py', ('--compile',)),
+    'torch-refcnn-bf16-compile': ('torch_refcnn.py', ('--bf16', '--compile')),
+    'torch-speedrun': ('torch_speedrun.py', ()),
+    'torch-speedrun-bf16': ('torch_speedrun.py', ('--bf16',)),
+}
+# `--peers` alone: PyTorch at its best on a CPU, fp32 and bf16, eager and compiled.
+PYTORCH_PEERS = ('torch-refcnn', 'torch-refcnn-bf16', 'torch-refcnn-compile',
+                 'torch-refcnn-bf16-compile', 'torch-speedrun', 'torch-speedrun-bf16')
+# The torch peers need an interpreter with PyTorch (this project's has none): $PEER_TORCH_PYTHON.
 PEER_PYTHON_ENV = {'torch': 'PEER_TORCH_PYTHON', 'keras': 'PEER_KERAS_PYTHON',
                    'flax': 'PEER_FLAX_PYTHON'}
+TORCH_INSTALL = ('pip install torch==2.13.0 (the CPU build) in a separate virtual environment, '
+                 'then PEER_TORCH_PYTHON=/path/to/that/venv/bin/python')
 PHASES_SCRIPT = REPO / 'experiments' / 'phases.py'
 sys.path.insert(0, str(REPO))  # run as a script from a checkout without installing
 
@@ -404,17 +422,27 @@ def _spread(values: list[float]) -> dict:
           'min': min(values), 'max': max(values), 'n': len(values)}
 
 
-def run_peer(name: str, epochs: int, train_limit: int = 0) -> dict:
+def run_peer(name: str, epochs: int, train_limit: int = 0, seeds: int = 0) -> dict:
   """One peer recipe of ../shared/peers/ on this machine; its final JSON line.
 
-  Its interpreter: `$PEER_<NAME>_PYTHON` (e.g. PEER_TORCH_PYTHON=/path/venv/bin/python, since
-  PyTorch is not in this project's environment), else this one.
+  Its interpreter: `$PEER_<FRAMEWORK>_PYTHON` (e.g. PEER_TORCH_PYTHON=/path/venv/bin/python, since
+  PyTorch is not in this project's environment), else this one. A torch peer without PyTorch is
+  skipped with a line saying how to install it. `epochs` for the per-epoch peers; `seeds` (0:
+  the script's default, 5) for the speedrun peers, whose recipe fixes its epochs.
   """
-  script = PEERS_DIR / PEER_SCRIPTS[name]
+  script_name, extra = PEERS[name]
+  script = PEERS_DIR / script_name
   if not script.is_file():
     return {'peer': name, 'error': f'{script} not found'}
-  python = os.environ.get(PEER_PYTHON_ENV[name]) or sys.executable
-  cmd = [python, str(script), '--epochs', str(epochs)]
+  python = os.environ.get(PEER_PYTHON_ENV[name.split('-')[0]]) or sys.executable
+  if name.startswith('torch') and subprocess.run([python, '-c', 'import torch'],
+                                                 capture_output=True, check=False).returncode:
+    return {'peer': name, 'skipped': f'no PyTorch in {python}: {TORCH_INSTALL}'}
+  cmd = [python, str(script), *extra]
+  if 'speedrun' in name:
+    cmd += ['--seeds', str(seeds)] if seeds else []
+  else:
+    cmd += ['--epochs', str(epochs)]
   if train_limit:
     cmd += ['--train-limit', str(train_limit)]
   env = {k: v for k, v in os.environ.items() if k not in ('JAX_NUM_CPU_DEVICES', 'XLA_FLAGS')}
@@ -427,14 +455,20 @@ def run_peer(name: str, epochs: int, train_limit: int = 0) -> dict:
   return {'peer': name, 'error': f'peer failed (exit {proc.returncode}): {proc.stderr[-500:]}'}
 
 
+def _ours_speedrun_seconds(result: dict) -> float | None:
+  runs = (result.get('seeds') or {}).get('cold') or {}
+  return (runs.get('train_seconds') or {}).get('mean')
+
+
 def peer_ratios(result: dict) -> dict:
   """Each figure of ours divided by the peer's (for times: the peer's over ours), per peer."""
   training = result.get('training') or {}
   runs = (result.get('seeds') or {}).get('cold') or {}
   ours_t99 = (runs.get('time_to_target_seconds') or {}).get('mean')
+  ours_train = _ours_speedrun_seconds(result)
   ratios = {}
   for peer in result.get('peers', []):
-    if 'error' in peer:
+    if 'error' in peer or 'skipped' in peer:
       continue
     r = {}
     if training and peer.get('steady_images_per_s'):
@@ -442,8 +476,24 @@ def peer_ratios(result: dict) -> dict:
       r['gflops'] = training['achieved_gflops_analytic'] / max(peer['steady_gflops'], 1e-9)
     if ours_t99 and peer.get('time_to_99_s') and abs(result['target'] - 0.99) < 1e-9:
       r['time_to_99'] = peer['time_to_99_s'] / ours_t99
+    if ours_train and peer.get('mean_train_s'):
+      r['train_seconds'] = peer['mean_train_s'] / ours_train
     ratios[peer['peer']] = r
   return ratios
+
+
+def strongest_peers(result: dict) -> dict:
+  """The strongest peer of each kind: most images/s (the reference CNN's peers) and least mean
+  training time (the speedrun peers), as {'images_per_s': peer, 'train_seconds': peer}."""
+  peers = [p for p in result.get('peers', []) if 'error' not in p and 'skipped' not in p]
+  fast = [p for p in peers if p.get('steady_images_per_s')]
+  timed = [p for p in peers if p.get('mean_train_s')]
+  out = {}
+  if fast:
+    out['images_per_s'] = max(fast, key=lambda p: p['steady_images_per_s'])
+  if timed:
+    out['train_seconds'] = min(timed, key=lambda p: p['mean_train_s'])
+  return out
 
 
 def run_scaling(args, overrides: list[str], workdir: pathlib.Path) -> list[dict]:
@@ -508,6 +558,7 @@ def print_table(result: dict) -> None:
   rows = [
       ('machine', f"{m['cpu']}, {m['cpu_cores']} cores ({', '.join(m.get('isa', []))}), "
                   f"{m['devices']}, jax {m['jax']}"),
+      ('XLA CPU lowering', f"{m.get('cpu_lowering')} (XLA_FLAGS={m.get('xla_flags', '')!r})"),
       ('load average (1 min)', f"{_fmt(m['load_average_1m'], '.2f')} at start, "
                                f"{_fmt(result.get('load_average_1m_end'), '.2f')} at end"),
       ('peak fp32 GFLOP/s', f"{_fmt(peak['used'], '.0f')} ({peak['source']}; nominal "
@@ -553,20 +604,46 @@ def _print_peers(result: dict) -> None:
   peers = result.get('peers')
   if not peers:
     return
-  ratios = peer_ratios(result)
+  ratios, best = peer_ratios(result), strongest_peers(result)
   print('\npeers, one after another on the same machine (ratio = mnist_flax / peer; for times, '
         'peer / mnist_flax):')
-  print(f"  {'peer':<8} {'images/s':>10} {'GFLOP/s':>8} {'time to 99%':>12} {'test acc':>9} "
+  print(f"  {'peer':<26} {'images/s':>10} {'GFLOP/s':>8} {'time to 99%':>12} {'test acc':>9} "
         f"{'epochs':>6} {'load':>5}  {'x images/s':>10} {'x time to 99%':>13}")
   for peer in peers:
-    if 'error' in peer:
-      print(f"  {peer['peer']:<8} {peer['error'][:100]}")
+    if 'error' in peer or 'skipped' in peer:
+      print(f"  {peer['peer']:<26} {'skipped: ' if 'skipped' in peer else ''}"
+            f"{(peer.get('error') or peer['skipped'])[:160]}")
       continue
+    if not peer.get('steady_images_per_s'):
+      continue  # a speedrun peer: its own table below
     r = ratios.get(peer['peer'], {})
-    print(f"  {peer['peer']:<8} {peer['steady_images_per_s']:>10,.0f} {peer['steady_gflops']:>8.1f} "
-          f"{_fmt(peer['time_to_99_s'], '.1f'):>12} {100 * peer['test_acc']:>8.2f}% "
-          f"{peer['epochs']:>6} {peer['load_average_1m_before']:>5.1f}  "
+    print(f"  {peer['peer']:<26} {peer['steady_images_per_s']:>10,.0f} "
+          f"{peer['steady_gflops']:>8.1f} {_fmt(peer['time_to_99_s'], '.1f'):>12} "
+          f"{100 * peer['test_acc']:>8.2f}% {peer['epochs']:>6} "
+          f"{peer['load_average_1m_before']:>5.1f}  "
           f"{_fmt(r.get('train_images_per_s'), '.2f'):>10} {_fmt(r.get('time_to_99'), '.1f'):>13}")
+  timed = [p for p in peers if p.get('mean_train_s')]
+  if timed:
+    ours = _ours_speedrun_seconds(result)
+    print(f"\n  {'speedrun peer':<26} {'mean train s':>12} {'mean test acc':>13} {'seeds':>5} "
+          f"{'load':>5}  {'peer s / ours':>13}")
+    for peer in timed:
+      print(f"  {peer['peer']:<26} {peer['mean_train_s']:>12.2f} "
+            f"{100 * peer['mean_test_acc']:>12.2f}% {peer['seeds']:>5} "
+            f"{peer['load_average_1m_before']:>5.1f}  "
+            f"{_fmt(ratios.get(peer['peer'], {}).get('train_seconds'), '.2f'):>13}")
+  t = result.get('training') or {}
+  if 'images_per_s' in best and t:
+    peer = best['images_per_s']
+    print(f"  strongest for images/s: {peer['peer']} ({peer['steady_images_per_s']:,.0f}); "
+          f"mnist_flax ({result['config']}) {t['train_images_per_s']:,.0f} = "
+          f"{t['train_images_per_s'] / peer['steady_images_per_s']:.2f}x it")
+  if 'train_seconds' in best and _ours_speedrun_seconds(result):
+    peer, ours = best['train_seconds'], _ours_speedrun_seconds(result)
+    acc = result['seeds']['cold']['test_accuracy']['mean']
+    print(f"  strongest speedrun: {peer['peer']} ({peer['mean_train_s']:.2f} s, "
+          f"{100 * peer['mean_test_acc']:.2f}%); mnist_flax ({result['seeds_config']}) "
+          f"{ours:.2f} s, {100 * acc:.2f}% = {ours / peer['mean_train_s']:.2f}x its time")
 
 
 def _print_scaling(cells) -> None:
@@ -612,8 +689,11 @@ def parse_args(argv):
   parser.add_argument('--peer-epochs', type=int, default=0,
                       help='run the peers (--peers; default: the Flax example) for this many '
                            'epochs')
-  parser.add_argument('--peers', default='',
-                      help='comma-separated peers of ../shared/peers/: flax,keras,torch')
+  parser.add_argument('--peers', default='', nargs='?', const=','.join(PYTORCH_PEERS),
+                      help='comma-separated peers of ../shared/peers/ (alone: the PyTorch peers at '
+                           f'their best, {",".join(PYTORCH_PEERS)}); known: {",".join(PEERS)}')
+  parser.add_argument('--peer-seeds', type=int, default=0,
+                      help='seeds of the speedrun peers (default: theirs, 5)')
   parser.add_argument('--phases', action='store_true',
                       help="split each seed's process time into phases (experiments/phases.py)")
   parser.add_argument('--warm', action='store_true',
@@ -633,9 +713,9 @@ def parse_args(argv):
   parser.add_argument('--no-throughput', action='store_true', help='skip the throughput section')
   parser.add_argument('--json', default='', help='output file (default: <workdir>/benchmark.json)')
   args, rest = parser.parse_known_args(argv)
-  unknown = [p for p in args.peers.split(',') if p and p not in PEER_SCRIPTS]
+  unknown = [p for p in args.peers.split(',') if p and p not in PEERS]
   if unknown:
-    parser.error(f'unknown peers {unknown}; known: {",".join(PEER_SCRIPTS)}')
+    parser.error(f'unknown peers {unknown}; known: {",".join(PEERS)}')
   bad = [a for a in rest if not a.startswith('--config.')]
   if bad:
     parser.error(f'unrecognized arguments: {" ".join(bad)}')
@@ -646,18 +726,21 @@ def main(argv: list[str] | None = None) -> dict:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   from mnist_flax import config as config_lib, configs  # pylint: disable=import-outside-toplevel
-  from mnist_flax.training import sharding
+  from mnist_flax.training import lowering, sharding
   config = config_lib.apply_overrides(configs.load(args.config, validate=False),
                                       overrides)
   config_lib.validate_config(config)
-  # Same device split as `mnist-flax train`, before JAX starts.
+  # Same XLA CPU lowering and device split as `mnist-flax train`, before JAX starts.
+  lowering_applied = lowering.setup(config, sharding.planned_cpu_devices(
+      config.get('cpu_devices', 0), config.batch_size))
   sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
   workdir = pathlib.Path(config.workdir) if config.workdir else None
   if workdir is None and (args.seeds or args.scaling or args.models or not args.json):
     workdir = pathlib.Path(tempfile.mkdtemp(prefix='mnist_flax_bench_'))
   result = {'config': args.config, 'seeds_config': args.seeds_config or args.config,
             'overrides': overrides, 'target': args.target,
-            'machine': machine_record()}
+            'machine': dict(machine_record(), cpu_lowering=lowering_applied,
+                            xla_flags=os.environ.get('XLA_FLAGS', ''))}
   # A given peak skips the sgemm measurement (a few seconds of both cores).
   nominal, sgemm = nominal_peak_gflops(), None if args.peak_gflops else sgemm_gflops()
   result['peak_gflops'] = {
@@ -679,7 +762,7 @@ def main(argv: list[str] | None = None) -> dict:
   peers = [p for p in args.peers.split(',') if p] or (['flax'] if args.peer_epochs else [])
   if peers:
     epochs = args.peer_epochs or 3
-    result['peers'] = [run_peer(p, epochs, args.peer_train_limit) for p in peers]
+    result['peers'] = [run_peer(p, epochs, args.peer_train_limit, args.peer_seeds) for p in peers]
     result['peer_ratios'] = peer_ratios(result)
   if args.scaling:
     result['scaling'] = run_scaling(args, overrides, workdir)

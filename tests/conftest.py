@@ -19,6 +19,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # No persistent compilation cache for the CLI runs of the tests: ~/.cache/mnist_flax/xla is the
 # user's (and other processes write it meanwhile), and a test must not depend on what it holds.
 os.environ['MNIST_FLAX_CACHE'] = ''
+# XLA's own CPU lowering in every test process: the per-machine choice (config.cpu_lowering='auto')
+# would time candidates on first use and make results depend on the CPU; tests of the chooser call
+# it with a fake timing function.
+os.environ['MNIST_FLAX_CPU_LOWERING'] = 'default'
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

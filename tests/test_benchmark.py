@@ -115,3 +115,41 @@ def test_unoptimized_init_compile_gives_the_same_parameters(tiny_config):
   for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(optimized.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
   assert fast.params['Conv_0']['kernel'].sharding.is_fully_replicated
+
+
+def test_strongest_peers_and_speedrun_ratios():
+  benchmark = _load_benchmark()
+  result = {
+      'target': 0.99, 'config': 'default', 'seeds_config': 'speedrun',
+      'training': {'train_images_per_s': 6000.0, 'achieved_gflops_analytic': 100.0},
+      'seeds': {'cold': {'train_seconds': {'mean': 2.0}, 'time_to_target_seconds': {'mean': 2.0},
+                         'test_accuracy': {'mean': 0.991}}},
+      'peers': [{'peer': 'torch-refcnn', 'steady_images_per_s': 5000.0, 'steady_gflops': 80.0,
+                 'time_to_99_s': None},
+                {'peer': 'torch-refcnn-bf16', 'steady_images_per_s': 10000.0,
+                 'steady_gflops': 160.0, 'time_to_99_s': None},
+                {'peer': 'torch-speedrun', 'mean_train_s': 3.0, 'mean_test_acc': 0.989},
+                {'peer': 'torch-speedrun-bf16', 'mean_train_s': 1.0, 'mean_test_acc': 0.989},
+                {'peer': 'torch-refcnn-compile', 'skipped': 'no PyTorch'}],
+  }
+  best = benchmark.strongest_peers(result)
+  assert best['images_per_s']['peer'] == 'torch-refcnn-bf16'
+  assert best['train_seconds']['peer'] == 'torch-speedrun-bf16'
+  ratios = benchmark.peer_ratios(result)
+  assert ratios['torch-refcnn-bf16'] == {'train_images_per_s': 0.6, 'gflops': 100.0 / 160.0}
+  assert ratios['torch-speedrun'] == {'train_seconds': 1.5}
+  assert 'torch-refcnn-compile' not in ratios
+
+
+def test_a_torch_peer_without_torch_is_skipped_with_the_install_line(tmp_path, monkeypatch):
+  benchmark = _load_benchmark()
+  (tmp_path / 'torch_refcnn.py').write_text('raise SystemExit(3)\n')
+  no_torch = tmp_path / 'python'
+  no_torch.write_text('#!/bin/sh\nexit 1\n')  # fails `-c "import torch"` as a torch-less one does
+  no_torch.chmod(0o755)
+  monkeypatch.setattr(benchmark, 'PEERS_DIR', tmp_path)
+  monkeypatch.setenv('PEER_TORCH_PYTHON', str(no_torch))
+  peer = benchmark.run_peer('torch-refcnn-bf16', epochs=1)
+  assert peer['peer'] == 'torch-refcnn-bf16' and 'pip install torch==2.13.0' in peer['skipped']
+  args, _ = benchmark.parse_args(['--peers'])
+  assert args.peers.split(',') == list(benchmark.PYTORCH_PEERS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -23,6 +24,14 @@ def auto_cpu_devices(batch_size: int) -> int:
   while batch_size % num:
     num -= 1
   return num
+
+
+def planned_cpu_devices(num: int, batch_size: int = 0) -> int:
+  """The CPU devices `setup_cpu_devices(num, batch_size)` will give (the environment's count wins)."""
+  flags = re.search(r'xla_force_host_platform_device_count=(\d+)', os.environ.get('XLA_FLAGS', ''))
+  if flags or os.environ.get('JAX_NUM_CPU_DEVICES'):
+    return int(flags.group(1) if flags else os.environ['JAX_NUM_CPU_DEVICES'])
+  return auto_cpu_devices(batch_size or 1) if num < 0 else max(num, 1)
 
 
 def setup_cpu_devices(num: int, batch_size: int = 0) -> None:

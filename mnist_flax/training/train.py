@@ -33,7 +33,7 @@ import numpy as np
 from mnist_flax import config as config_lib, data, files, models
 from mnist_flax.runs import checkpoints, preemption, rundir
 from mnist_flax import errors
-from mnist_flax.training import distributed, sharding, steps, writers
+from mnist_flax.training import distributed, lowering, sharding, steps, writers
 from mnist_flax.parts import losses, metrics, optim
 from mnist_flax.reporting import report
 from mnist_flax.errors import NonFiniteLossError
@@ -94,6 +94,12 @@ def prepare(config, workdir=None) -> tuple[ml_collections.ConfigDict, Any]:
   # config.json names the files of config.imports absolutely: later commands run from anywhere.
   config_lib.resolve_imports(config)
   config_lib.validate_config(config)
+  # The XLA CPU options (measured once per machine) and the device split: both before JAX starts.
+  lowering.setup(config, sharding.planned_cpu_devices(config.get('cpu_devices', 0),
+                                                      config.batch_size),
+                 measure=config.get('distributed', 'auto') == 'off'
+                 or (config.get('distributed', 'auto') == 'auto'
+                     and distributed.resolve_settings(config) is None))
   sharding.setup_cpu_devices(config.get('cpu_devices', 0), config.batch_size)
   distributed.initialize(config)  # several processes: before anything touches the devices
   mesh = sharding.make_mesh()
