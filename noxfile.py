@@ -26,7 +26,7 @@ COLAB_TESTS = [
     'tests/test_train.py', 'tests/test_resume.py', 'tests/test_predict.py', 'tests/test_cli.py',
     'tests/test_notebook.py', 'tests/test_optional.py', 'tests/test_fast.py',
     'tests/test_identical.py', 'tests/test_layers.py', 'tests/test_extensions.py',
-    'tests/test_datasets.py', 'tests/test_nnx.py',
+    'tests/test_datasets.py', 'tests/test_nnx.py', 'tests/test_readme.py',
 ]
 
 
