@@ -189,6 +189,13 @@ def test_the_data_sets_class_count_reaches_the_model():
     assert model.num_classes == classes
   config.model_kwargs = {'num_classes': 50}  # an explicit model_kwargs wins
   assert models.get_model(config, 47).num_classes == 50
+  config.model, config.model_kwargs = 'nnx_cnn', {}  # an NNX model takes it too
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  model = models.get_model(config, 47)
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
+                                             jnp.zeros((1, 28, 28, 1)), train=False))
+  assert shapes['params']['dense2']['kernel'].shape == (256, 47)
   with pytest.raises(ConfigError, match="unknown data set 'nosuch'"):
     data.spec_of(_config('nosuch'))
 
