@@ -189,6 +189,13 @@ def test_the_data_sets_class_count_reaches_the_model():
     assert model.num_classes == classes
   config.model_kwargs = {'num_classes': 50}  # an explicit model_kwargs wins
   assert models.get_model(config, 47).num_classes == 50
+  config.model, config.model_kwargs = 'nnx_cnn', {}  # an NNX model takes it too
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  model = models.get_model(config, 47)
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
+                                             jnp.zeros((1, 28, 28, 1)), train=False))
+  assert shapes['params']['dense2']['kernel'].shape == (256, 47)
   with pytest.raises(ConfigError, match="unknown data set 'nosuch'"):
     data.spec_of(_config('nosuch'))
 
@@ -270,8 +277,8 @@ def _env(tmp_path):
   return env
 
 
-TINY = ['--config.model_kwargs.features=(8, 16)', '--config.model_kwargs.hidden=32',
-        '--config.validation_size=0', '--config.progress_bar=false', '--config.name=tiny']
+QUIET = ['--config.validation_size=0', '--config.progress_bar=false', '--config.name=tiny']
+TINY = ['--config.model_kwargs.features=(8, 16)', '--config.model_kwargs.hidden=32', *QUIET]
 
 
 def _letter_png(path):
@@ -286,18 +293,18 @@ def _letter_png(path):
 @pytest.mark.slow
 def test_emnist_balanced_from_a_mirror_trains_a_47_way_head_and_predict_names_classes(
     small, mirror, tmp_path):
-  """`mnist-flax train --config.dataset=emnist_balanced` (downloads from the mirror, no
-  model_kwargs.num_classes) then `predict` and `predict --json`, each a fresh process."""
+  """`mnist-flax train --config.dataset=emnist_balanced` (downloads from the mirror; the
+  default model, no model_kwargs) then `predict` and `predict --json`, each a fresh process."""
   checksums = fake_releases.checksums_module(tmp_path / 'mirror_checksums.py', small)
   workdir = tmp_path / 'run'
   result = run_cli(['train', '--config.dataset=emnist_balanced', f'--config.imports={checksums}',
                     '--config.data_source=download', f'--config.download_url={mirror.url}emnist/',
                     f'--config.workdir={workdir}', '--config.batch_size=32',
-                    '--config.num_epochs=2', *TINY], env=_env(tmp_path))
+                    '--config.num_epochs=2', *QUIET], env=_env(tmp_path))
   assert result.returncode == 0, result.stderr
   assert 'test accuracy' in result.stdout
   saved = json.loads((workdir / 'config.json').read_text())
-  assert saved['dataset'] == 'emnist_balanced' and 'num_classes' not in saved['model_kwargs']
+  assert saved['dataset'] == 'emnist_balanced' and not saved['model_kwargs']
   from mnist_flax.inference import predict  # pylint: disable=import-outside-toplevel
   classifier = predict.load_classifier(workdir)
   assert classifier.variables['params']['Dense_1']['kernel'].shape[-1] == 47

@@ -184,3 +184,16 @@ def test_probe_children_answer_and_a_failing_one_is_left_out(monkeypatch):
   assert set(rounds) == {'default'}
   assert len(rounds['default']) == 2 and all(t > 0 for t in rounds['default'])
   assert lowering.choose(rounds) == 'default'
+
+
+def test_the_probe_trains_on_the_data_sets_shape_and_classes():
+  """The workload names a data set other than MNIST (its cached choice is its own; MNIST's keep
+  their keys), and the probe trains on it (EMNIST Balanced: 47 classes)."""
+  config = config_lib.default_config()
+  assert 'dataset' not in lowering.workload_of(config)
+  config.dataset = 'emnist_balanced'
+  workload = dict(lowering.workload_of(config), batch_size=32,
+                  model_kwargs={'features': (8, 16), 'hidden': 32})
+  assert workload['dataset'] == 'emnist_balanced'
+  rounds = lowering.measure_candidates(['default'], 2, workload, rounds=1, seconds=0.0)
+  assert len(rounds['default']) == 1

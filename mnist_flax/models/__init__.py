@@ -269,7 +269,12 @@ def get_model(config, num_classes: Optional[int] = None) -> nn.Module:
 
 
 def _takes(cls, name: str) -> bool:
-  try:
-    return name in inspect.signature(cls).parameters
-  except (TypeError, ValueError):
-    return False
+  """Whether constructing `cls` accepts `name` (an NNX class's own signature is its metaclass's
+  `(*args, **kwargs)`: its `__init__` says)."""
+  for target in (cls, getattr(cls, '__init__', None)):
+    try:
+      if name in inspect.signature(target).parameters:
+        return True
+    except (TypeError, ValueError):
+      pass
+  return False

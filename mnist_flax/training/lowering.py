@@ -41,6 +41,7 @@ import jaxlib.version
 import numpy as np
 
 from mnist_flax import config as config_lib, configs, files, models
+from mnist_flax.data.spec import MNIST, spec_of
 from mnist_flax.errors import ConfigError
 from mnist_flax.training import sharding, steps
 
@@ -108,9 +109,12 @@ def setup(config, devices: int, measure: bool = True) -> Optional[str]:
 
 def workload_of(config) -> dict:
   """What the probe trains: the config's network, batch size and compute dtype (a lowering that
-  suits one network can slow another: experiments/SPEED.md)."""
+  suits one network can slow another: experiments/SPEED.md), on its data set's image shape and
+  classes (named only when not MNIST's, so MNIST's cached choices keep their keys)."""
   workload = {'model': config.model, 'model_kwargs': dict(config.get('model_kwargs') or {}),
               'batch_size': config.batch_size, 'dtype': config.get('dtype', 'float32')}
+  if config.get('dataset', MNIST.name) != MNIST.name:
+    workload['dataset'] = config.dataset
   if config.get('imports'):  # a network of the user's: the probe imports what registers it
     workload['imports'] = list(config.imports)
   return workload
@@ -311,13 +315,15 @@ def _probe(workload: dict) -> None:
   config.update(dict(workload, imports=tuple(workload.get('imports', ()))))
   config_lib.import_user_modules(config)
   mesh = sharding.make_mesh()
+  spec = spec_of(config)
   n = 16 * config.batch_size
   rng = np.random.default_rng(0)
-  data = sharding.put_replicated((rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-                                  rng.integers(0, 10, (n,), dtype=np.int32),
+  data = sharding.put_replicated((rng.integers(0, 256, (n,) + spec.image_shape, dtype=np.uint8),
+                                  rng.integers(0, spec.num_classes, (n,), dtype=np.int32),
                                   np.arange(n, dtype=np.int32)), mesh)
-  model = models.get_model(config)
-  state = steps.init_train_state(config, model, jax.random.PRNGKey(0), 16, mesh)
+  model = models.get_model(config, spec.num_classes)
+  state = steps.init_train_state(config, model, jax.random.PRNGKey(0), 16, mesh,
+                                 image_shape=spec.image_shape)
   totals = jax.device_put(steps.zero_train_totals(), sharding.replicated(mesh))
   step = steps.make_train_step(config, model, mesh)
   i = 0
