@@ -22,11 +22,11 @@ nox.options.default_venv_backend = 'venv'
 
 COLAB_PINS = '.ci/colab-tpu.txt'
 COLAB_TESTS = [
-    'tests/test_data.py', 'tests/test_data_sources.py', 'tests/test_config.py',
-    'tests/test_train.py', 'tests/test_resume.py', 'tests/test_predict.py', 'tests/test_cli.py',
-    'tests/test_notebook.py', 'tests/test_optional.py', 'tests/test_fast.py',
-    'tests/test_identical.py', 'tests/test_layers.py', 'tests/test_extensions.py',
-    'tests/test_datasets.py', 'tests/test_nnx.py', 'tests/test_readme.py',
+    'tests/data/test_data.py', 'tests/data/test_sources.py', 'tests/test_config.py',
+    'tests/training/test_train.py', 'tests/runs/test_resume.py', 'tests/inference/test_predict.py',
+    'tests/test_cli.py', 'tests/test_notebook.py', 'tests/test_optional.py', 'tests/test_fast.py',
+    'tests/training/test_identical.py', 'tests/test_layers.py', 'tests/test_extensions.py',
+    'tests/data/test_datasets.py', 'tests/models/test_nnx.py', 'tests/test_readme.py',
 ]
 
 

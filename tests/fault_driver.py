@@ -6,7 +6,7 @@ MODE: 'none'; 'kill' (SIGKILL right after step STEP is dispatched); 'term' (SIGT
 way a spot machine is reclaimed); 'kill_in_save' (SIGKILL while the checkpoint of step STEP is
 being written: its files are on disk, the atomic rename has not happened). The signal is real
 and delivered by the kernel: nothing in the library knows about this script. Used by
-tests/test_resume.py and tests/test_faults.py.
+tests/runs/test_resume.py and tests/runs/test_faults.py.
 """
 
 import os

@@ -13,7 +13,7 @@ the breakage named by $MF_BREAK:
   reduce      the same shard_map step with the pmean: a control that should pass.
 
   MF_BREAK=noreduce JAX_NUM_CPU_DEVICES=2 PYTHONPATH=experiments/broken_sharding \
-      .venv/bin/python -m pytest -q tests/test_sharding.py
+      .venv/bin/python -m pytest -q tests/training/test_sharding.py
 """
 import os
 

@@ -13,7 +13,7 @@ this project was measured with): example `i` of the official file is keyed by it
 examples are sorted by the 128-bit MD5 of `split name + str(i)`. TFDS writes them in that order
 (`tfds.core.shuffle`, salted with the split name only, so the same rule holds for every data set
 TFDS builds from MNIST-style files); the other sources apply the same permutation to the file
-order. `tests/test_data_sources.py` checks that TFDS and this function agree.
+order. `tests/data/test_sources.py` checks that TFDS and this function agree.
 """
 
 from __future__ import annotations

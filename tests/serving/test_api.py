@@ -1,6 +1,6 @@
 """`mnist-flax serve` (mnist_flax/serving/api.py, batching.py): the API through FastAPI's in-process
 client, every bad input of issue #15 one test, batching counted, and one live server drained
-by SIGTERM. The page in a real browser: tests/test_browser.py."""
+by SIGTERM. The page in a real browser: tests/serving/test_browser.py."""
 
 import asyncio
 import base64
@@ -27,7 +27,7 @@ from mnist_flax.serving import batching, api
 from mnist_flax.inference import ensemble, predict
 from serve_helpers import LiveServer  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SAMPLES = sorted((REPO / 'experiments' / 'samples').glob('*'))
 PHOTO = REPO / 'experiments' / 'samples' / '2_phone_photo.jpg'
 
