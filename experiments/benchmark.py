@@ -189,7 +189,7 @@ def analytic_train_flops_per_image(model, variables) -> float:
   from mnist_flax import data  # pylint: disable=import-outside-toplevel
   batch = 8
   forward = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
-  jaxpr = jax.make_jaxpr(forward)(variables, jnp.zeros((batch,) + data.IMAGE_SHAPE))
+  jaxpr = jax.make_jaxpr(forward)(variables, jnp.zeros((batch,) + data.MNIST.image_shape))
   return 3 * _count_flops(jaxpr.jaxpr) / batch
 
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from mnist_flax import registry
-from mnist_flax.errors import ConfigError  # noqa: F401  (re-exported)
+from mnist_flax.errors import ConfigError
 
 
 def default_config() -> ml_collections.ConfigDict:

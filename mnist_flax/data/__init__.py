@@ -25,10 +25,6 @@ from mnist_flax.data.spec import (DATASETS, EMNIST_BALANCED, EMNIST_LETTERS, FAS
 from mnist_flax.data.spec import register as register_dataset
 from mnist_flax.errors import DataError
 
-# Kept for code written against the single-module data layer; new code reads `MNIST`.
-IMAGE_SHAPE = MNIST.image_shape
-NUM_CLASSES = MNIST.num_classes
-NUM_TRAIN, NUM_TEST = MNIST.num_train, MNIST.num_test
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +132,7 @@ def load_datasets(config) -> Datasets:
 __all__ = [
     'DATASETS', 'DataError', 'Datasets', 'DatasetSpec', 'EMNIST_BALANCED', 'EMNIST_LETTERS',
     'FASHION_MNIST', 'IdxFiles', 'KMNIST', 'register_dataset', 'spec_of', 'IDX_DIR_ENV',
-    'IDX_FILES', 'IMAGE_SHAPE', 'MNIST',
-    'NUM_CLASSES', 'NUM_TEST', 'NUM_TRAIN', 'OFFLINE_HELP', 'SOURCES', 'Split', 'canonical_order',
+    'IDX_FILES', 'MNIST', 'OFFLINE_HELP', 'SOURCES', 'Split', 'canonical_order',
     'choose_source', 'find_idx_files', 'load_arrays', 'load_datasets', 'load_raw', 'parse_idx',
     'read_idx', 'read_idx_dir', 'resolve_idx_dir', 'tfds_data_dir', 'train_size', 'validation_count',
 ]

@@ -38,7 +38,7 @@ from mnist_flax.runs import rundir
 from mnist_flax.data.spec import MNIST, DatasetSpec, spec_of
 from mnist_flax.errors import CheckpointError, ConfigError
 from mnist_flax.models.forward import predict
-from mnist_flax.runs.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR  # noqa: F401
+from mnist_flax.runs.rundir import CONFIG_FILE, SUMMARY_FILE, VARIABLES_DIR
 
 # The shipped model is package data, so a plain `pip install` has it wherever it runs.
 PRETRAINED_DIR = pathlib.Path(importlib.resources.files('mnist_flax')) / 'pretrained'
