@@ -607,8 +607,9 @@ def _print_peers(result: dict) -> None:
   ratios, best = peer_ratios(result), strongest_peers(result)
   print('\npeers, one after another on the same machine (ratio = mnist_flax / peer; for times, '
         'peer / mnist_flax):')
-  print(f"  {'peer':<26} {'images/s':>10} {'GFLOP/s':>8} {'time to 99%':>12} {'test acc':>9} "
-        f"{'epochs':>6} {'load':>5}  {'x images/s':>10} {'x time to 99%':>13}")
+  if any(not p.get('mean_train_s') for p in peers):
+    print(f"  {'peer':<26} {'images/s':>10} {'GFLOP/s':>8} {'time to 99%':>12} {'test acc':>9} "
+          f"{'epochs':>6} {'load':>5}  {'x images/s':>10} {'x time to 99%':>13}")
   for peer in peers:
     if 'error' in peer or 'skipped' in peer:
       print(f"  {peer['peer']:<26} {'skipped: ' if 'skipped' in peer else ''}"
