@@ -11,7 +11,10 @@ on an arbitrary image (a file path, a numpy array or a PIL image):
    dark-on-light input is inverted;
 3. background: a smooth quadratic surface fitted to the non-ink pixels (uneven lighting) is
    subtracted; the noise level of what remains sets a threshold, so photo noise and JPEG
-   artefacts go to zero and the stroke contrast is stretched to full white;
+   artefacts go to zero and the stroke contrast is stretched to full white. A digit that fills
+   the frame (a thumbnail or low-resolution scan: ink to the edges, no paper margin) leaves too
+   little paper for that: its paper is the low end of its grey range, under a plane, and its
+   noise is measured between neighbouring pixels;
 4. crop to the ink's bounding box (specks removed for large images), scale the digit to fit
    20x20 (hairline pen strokes thickened to MNIST's weight), place it in 28x28 centred by its
    centre of mass.
@@ -54,6 +57,17 @@ NOISE_SIGMAS = 5.0  # the smoothed image's ink stands this many of its noise lev
 # Strokes thinner than this at the 20x20 scale (pixels) are thickened. MNIST's own: median 1.8,
 # 99.9% above 0.85 (by the same 2 x area / perimeter estimate), so MNIST-like inputs are untouched.
 THIN_STROKE = 0.8
+# A digit that fills the frame (a thumbnail, a low-resolution scan, a tight crop: ink to the
+# edges, no paper margin) breaks what the statistics above assume, that most of the frame is
+# paper: its ink covers at least FILLED_SHARE of the frame and spans FILLED_SPAN of its height or
+# width (a digit photographed or drawn with a margin spans under 0.85 and has far less ink).
+FILLED_SHARE, FILLED_SPAN = 0.15, 0.85
+# ... and the frame's grey levels must be a picture, not noise or lighting: neighbouring pixels
+# correlate by FILLED_CORRELATION (white noise: 0; strokes, even at 8x8 enlarged twice: over 0.5)
+# and a smooth quadratic surface leaves FILLED_UNEXPLAINED of their spread unexplained.
+FILLED_CORRELATION, FILLED_UNEXPLAINED = 0.5, 0.3
+POLARITY_TIE = 0.3  # ink and paper sides this close to a tie: their pieces decide (`ink_sides`)
+PAPER_BAND = 0.25  # in a filled frame, the paper: the lowest quarter of the ink's grey range
 SPECK_FILTER_MIN_SIZE = 56  # above this, isolated noise specks are removed before the bounding box
 
 DRAFTED = 'mnist_flax_drafted'  # set in a decoded image's info: decoded at a reduced size
@@ -203,6 +217,17 @@ def _reduce(grey: np.ndarray, size: int) -> np.ndarray:
     return grey
   new = (max(1, round(w * scale)), max(1, round(h * scale)))
   return np.asarray(Image.fromarray(grey, 'F').resize(new, Image.Resampling.BOX))
+
+
+def _enlarge(grey: np.ndarray) -> np.ndarray:
+  """An image smaller than MNIST's 28 pixels (an 8x8 or 16x16 scan) enlarged by a whole factor to
+  at least that, bicubic: its strokes then span several pixels each, as the statistics expect."""
+  h, w = grey.shape
+  factor = -(-MNIST_SIZE // max(h, w))
+  if factor <= 1:
+    return grey
+  big = Image.fromarray(grey, 'F').resize((w * factor, h * factor), Image.Resampling.BICUBIC)
+  return np.clip(np.asarray(big), 0.0, 1.0)
 
 
 def load_grey(source: ImageLike, name: str | None = None, size: int = WORK_SIZE) -> np.ndarray:
@@ -365,6 +390,120 @@ def flat_paper(grey: np.ndarray) -> float | None:
   return low if high - low < 0.5 / 255 else None
 
 
+def _design(h: int, w: int, terms: int) -> np.ndarray:
+  """(h * w, terms) columns 1, y, x[, y^2, x^2, y x] of a surface on an (h, w) grid."""
+  y, x = _quadratic_terms(h, w)
+  yy, xx = np.meshgrid(y, x, indexing='ij')
+  return np.stack([np.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx][:terms], -1).reshape(-1, terms)
+
+
+def _fit(design: np.ndarray, values: np.ndarray) -> np.ndarray:
+  """Least-squares coefficients (normal equations with a tiny ridge: a few columns only)."""
+  return np.linalg.solve(design.T @ design + 1e-4 * np.eye(design.shape[1]), design.T @ values)
+
+
+def fine_noise(values: np.ndarray) -> float:
+  """The pixel noise level, from the Laplacian (a pixel minus its 4 neighbours' mean): smooth
+  shading, blurred strokes and lighting cancel there and noise does not, so no paper is needed
+  to measure it on. Its median absolute value over the frame, scaled to one Gaussian sigma."""
+  if min(values.shape) < 3:
+    return 0.0
+  lap = values[1:-1, 1:-1] - 0.25 * (values[:-2, 1:-1] + values[2:, 1:-1] + values[1:-1, :-2]
+                                     + values[1:-1, 2:])
+  return 1.4826 * float(np.median(np.abs(_sample(lap)))) / np.sqrt(1.25)
+
+
+def _neighbour_correlation(values: np.ndarray) -> float:
+  """The correlation of horizontally and of vertically adjacent pixels, the lower of the two."""
+  centred = values - values.mean()
+  variance = float((centred * centred).mean())
+  if variance <= 0 or min(values.shape) < 2:
+    return 0.0
+  return min(float((centred[1:] * centred[:-1]).mean()),
+             float((centred[:, 1:] * centred[:, :-1]).mean())) / variance
+
+
+def _pieces(mask: np.ndarray) -> int:
+  """How many 4-connected pieces of `mask` cover 2% of its frame or more (specks left out)."""
+  h, w = mask.shape
+  labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
+  while True:  # every pixel takes its piece's largest label: as many rounds as the piece is long
+    padded = np.pad(labels, 1)
+    grown = mask * np.maximum.reduce([labels, padded[:-2, 1:-1], padded[2:, 1:-1],
+                                      padded[1:-1, :-2], padded[1:-1, 2:]])
+    if np.array_equal(grown, labels):
+      break
+    labels = grown
+  sizes = np.unique(labels[mask], return_counts=True)[1]
+  return int((sizes >= 0.02 * h * w).sum())
+
+
+def _two_sides(grey: np.ndarray):
+  """(reduced copy, its plane design, it less the plane's tilt, 2nd and 98th percentile of that):
+  the grey levels of a filled frame, split at the middle of that range into ink and paper."""
+  small = _reduce(grey, FIT_SIZE)
+  plane = _design(*small.shape, 3)
+  values = small.ravel()
+  flat = (values - plane[:, 1:] @ _fit(plane, values)[1:]).reshape(small.shape)
+  low, high = np.percentile(flat, [2, 98])
+  return small, plane, flat, float(low), float(high)
+
+
+def ink_sides(grey: np.ndarray) -> tuple[bool, bool] | None:
+  """(whether the ink is dark, whether it fills the frame) when the grey levels are a picture of
+  ink on paper; None when they are blank, noise, or a smooth surface (paper under uneven light).
+
+  A digit fills the frame when its ink reaches the edges with no paper margin (a thumbnail, a
+  low-resolution scan enlarged, a tight crop). Decided on a reduced copy with the lighting's tilt
+  (a plane) removed, its grey levels split at the middle of their range: the ink is the side that
+  holds less of the frame and of its border together (the paper surrounds the digit, even where
+  strokes touch the edges).
+  """
+  small, _, flat, low, high = _two_sides(grey)
+  spread = high - low
+  if spread < MIN_INK_CONTRAST or _neighbour_correlation(flat) < FILLED_CORRELATION:
+    return None
+  quadratic = _design(*small.shape, 6)
+  values = small.ravel()
+  unexplained = np.percentile(values - quadratic @ _fit(quadratic, values), [2, 98])
+  if unexplained[1] - unexplained[0] < FILLED_UNEXPLAINED * spread:
+    return None
+  dark = flat < 0.5 * (low + high)
+  border = np.zeros(dark.shape, bool)
+  b = max(1, round(0.05 * min(dark.shape)))
+  border[:b], border[-b:], border[:, :b], border[:, -b:] = True, True, True, True
+  evidence = float(dark.mean() + dark[border].mean())  # under 1: the dark side is the ink
+  ink_dark = evidence < 1.0
+  if abs(evidence - 1.0) < POLARITY_TIE:
+    # A heavy digit filling the frame (a fat 0 along every edge) holds as much of both: its ink
+    # is one stroke or two, while the paper around it falls into pieces (corners, sides, holes).
+    dark_pieces, light_pieces = _pieces(dark), _pieces(~dark)
+    if dark_pieces != light_pieces:
+      ink_dark = dark_pieces < light_pieces
+  ink = dark if ink_dark else ~dark
+  fills = ink.mean() >= FILLED_SHARE and max(ink.any(1).mean(), ink.any(0).mean()) >= FILLED_SPAN
+  return ink_dark, bool(fills)
+
+
+def _filled_ink(grey: np.ndarray) -> tuple[np.ndarray, float, float]:
+  """(residual, threshold, noise) of a digit filling the frame, `grey` white ink on black.
+
+  The paper is the lowest PAPER_BAND of the grey range (around the strokes and in their holes);
+  a plane fitted to it is the lighting, not the quadratic surface of `background`, which bends
+  into ink that covers a third of the frame. The noise is `fine_noise`: a frame without margin
+  may hold too little paper to measure it on.
+  """
+  small, plane, flat, low, high = _two_sides(grey)
+  paper = flat.ravel() < low + PAPER_BAND * (high - low)
+  coef = _fit(plane[paper], small.ravel()[paper]) if paper.sum() >= 12 else np.zeros(3)
+  residual = grey - _surface(np.concatenate([coef, np.zeros(3)]), *grey.shape)
+  sample = _sample(residual)
+  paper_levels = sample[sample < PAPER_BAND * (high - low)]
+  level = float(np.median(paper_levels)) if paper_levels.size else 0.0
+  noise = fine_noise(residual)
+  return residual, max(3.0 * noise + level, 1.5 / 255), noise
+
+
 def extract_ink(grey: np.ndarray, name: str = 'image', dark: bool | None = None,
                 paper: float | None = None) -> np.ndarray:
   """Grey levels -> ink strength in [0, 1] (white ink on black, background and noise at 0).
@@ -372,16 +511,46 @@ def extract_ink(grey: np.ndarray, name: str = 'image', dark: bool | None = None,
   A pixel is ink when it stands 3 noise levels above the paper and lies within two pixels of
   where the smoothed image stands NOISE_SIGMAS of its own (3x smaller) noise above it: strokes
   are coherent, noise is not, so a faint digit covering far under 1% of a noisy frame is found
-  and the noise around it is not. The contrast is stretched so the ink's 90th percentile is
-  white. `dark` is the polarity when known (None: `ink_is_dark` decides); `paper` the
-  `flat_paper` level when there is one (the fast path, for noise-free drawings: the same result).
+  and the noise around it is not. A digit that fills the frame (`ink_sides`) leaves too little
+  paper for those statistics: its paper is the low end of its grey range and its noise the
+  `fine_noise`. The contrast is stretched so the ink's 90th percentile is white. `dark` is the
+  polarity when known (None: decided here); `paper` the `flat_paper` level when there is one
+  (the fast path, for noise-free drawings: the same result).
   """
-  if ink_is_dark(grey) if dark is None else dark:
+  sides = None if paper is not None else ink_sides(grey)
+  if dark is None:
+    dark = sides[0] if sides and sides[1] else ink_is_dark(grey)
+  return _ink_or_filled(grey, name, dark, paper, sides)
+
+
+def _ink_or_filled(grey: np.ndarray, name: str, dark: bool, paper: float | None,
+                   sides: tuple[bool, bool] | None) -> np.ndarray:
+  """`_ink` of a frame the digit fills, else of the general statistics. When those find nothing
+  in a picture of ink on paper (`sides`), it is read as filled, with its polarity: a digit a
+  little short of the frame's edges still leaves too little paper for them, and is no blank."""
+  if sides and sides[1]:
+    return _ink(grey, name, dark, paper, True)
+  try:
+    return _ink(grey, name, dark, paper, False)
+  except NoDigitError:
+    if not sides:
+      raise
+  return _ink(grey, name, sides[0], paper, True)
+
+
+def _ink(grey: np.ndarray, name: str, dark: bool, paper: float | None,
+         filled: bool) -> np.ndarray:
+  """`extract_ink` with the polarity and the kind of frame decided."""
+  if dark:
     grey = 1.0 - grey
     paper = None if paper is None else 1.0 - paper
   if paper is not None:
     residual, noise = grey - np.float32(paper), 0.0
     threshold, coherent = 1.5 / 255, None
+    candidates = residual[residual > threshold]
+  elif filled:
+    residual, threshold, noise = _filled_ink(grey)
+    coherent = None
     candidates = residual[residual > threshold]
   else:
     residual = grey - background(grey)
@@ -538,10 +707,14 @@ def preprocess(source: ImageLike, name: str | None = None) -> np.ndarray:
   """
   name = name or describe(source)
   decoded, drafted = _decoded_grey(source, name, WORK_SIZE)
-  grey = _reduce(decoded, WORK_SIZE)
+  grey = _enlarge(_reduce(decoded, WORK_SIZE))
   paper = flat_paper(grey)
-  dark = ink_is_dark(grey) if paper is None else paper - grey.min() > grey.max() - paper
-  ink = extract_ink(grey, name, dark, paper)
+  sides = None if paper is not None else ink_sides(grey)
+  if paper is not None:
+    dark = paper - grey.min() > grey.max() - paper
+  else:
+    dark = sides[0] if sides and sides[1] else ink_is_dark(grey)
+  ink = _ink_or_filled(grey, name, dark, paper, sides)
   box = _bounding_box(ink)
   detail = (lambda: load_grey(source, name, ZOOM_SIZE)) if drafted else (
       lambda: _reduce(decoded, ZOOM_SIZE))

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from mnist_flax import data
 from mnist_flax.inference import preprocess as pp
@@ -211,3 +211,91 @@ def test_flat_paper_fast_path_gives_the_general_path_s_ink(mnist_test):
     general = pp.extract_ink(grey, dark=dark)
     assert np.abs(fast - general).max() < 2 / 255
   assert pp.flat_paper(np.random.default_rng(0).uniform(0, 1, (50, 50)).astype(np.float32)) is None
+
+
+def _thumbnail(digit, side=64, scan=8, method=Image.Resampling.BICUBIC, blur=0.0, widen=1.5,
+               paper=255, pen=0, noise=0.0, rng=None):
+  """An MNIST digit as a low-resolution scanner or a thumbnail gives it, and the same ink drawn
+  large with a paper margin (what the low-resolution copy should read as): (uint8 frame, the
+  margin copy preprocessed).
+
+  The digit is cropped to its ink (no margin), its short side widened by `widen` (up to the
+  frame), scanned at `scan` x `scan` (area means), enlarged to `side` with `method`, blurred;
+  dark `pen` strokes on `paper`, touching the frame's edges.
+  """
+  rows, cols = np.flatnonzero(digit.max(1) > 50), np.flatnonzero(digit.max(0) > 50)
+  crop = digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  fine = 8 * scan
+  h, w = crop.shape
+  scale = fine / max(h, w)
+  size = (min(fine, round(w * scale * (widen if w < h else 1))),
+          min(fine, round(h * scale * (widen if h < w else 1))))
+  frame = np.zeros((fine, fine), np.float32)
+  top, left = (fine - size[1]) // 2, (fine - size[0]) // 2
+  frame[top:top + size[1], left:left + size[0]] = np.asarray(
+      Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR), np.float32) / 255
+  scanned = frame.reshape(scan, 8, scan, 8).mean((1, 3))
+  ink = np.clip(np.asarray(Image.fromarray(scanned, 'F').resize((side, side), method)), 0, 1)
+  grey = paper - (paper - pen) * ink
+  if noise:
+    grey = grey + rng.normal(0, noise * 255, grey.shape)
+  image = Image.fromarray(np.round(np.clip(grey, 0, 255)).astype(np.uint8))
+  if blur:
+    image = image.filter(ImageFilter.GaussianBlur(blur))
+  return np.asarray(image), pp.preprocess(np.pad(frame, fine // 4))
+
+
+@pytest.mark.parametrize('side, scan, method, blur', [
+    (64, 8, Image.Resampling.BICUBIC, 0.0),  # an 8x8 scan enlarged
+    (64, 8, Image.Resampling.BILINEAR, 3.0),  # ... and heavily blurred
+    (32, 8, Image.Resampling.BILINEAR, 1.0),
+    (24, 12, Image.Resampling.NEAREST, 0.0),  # blocky
+    (16, 8, Image.Resampling.BILINEAR, 0.0),
+    (8, 8, Image.Resampling.BICUBIC, 0.0),  # the scan itself
+])
+def test_frame_filling_low_resolution_digits_are_answered_as_the_digit(mnist_test, side, scan,
+                                                                       method, blur):
+  """Ink to every edge, no paper margin to measure the paper's noise on: no refusal, and the digit
+  reads as the same ink drawn large with a margin does."""
+  scores = []
+  for digit in mnist_test[0][:30]:
+    thumbnail, reference = _thumbnail(digit, side, scan, method, blur)
+    assert thumbnail[0].min() < 230 and thumbnail[-1].min() < 230  # ink at the top and bottom
+    scores.append(_similarity(pp.preprocess(thumbnail), reference))
+  # The heaviest digits (a fat 0 whose ring runs along every edge) may be read inverted.
+  assert np.median(scores) > 0.85 and np.mean(np.array(scores) > 0.7) >= 0.9, np.round(scores, 2)
+
+
+def test_frame_filling_digit_polarity_and_faint_noisy_ink(mnist_test):
+  """Light ink on dark reads as dark ink on light does; a faint noisy thumbnail is still found."""
+  rng = np.random.default_rng(0)
+  for digit in mnist_test[0][:10]:
+    thumbnail, reference = _thumbnail(digit, widen=1.0)
+    dark, fills = pp.ink_sides(thumbnail.astype(np.float32) / 255)
+    assert dark and fills
+    assert pp.ink_sides(1 - thumbnail.astype(np.float32) / 255) == (False, True)
+    assert _similarity(pp.preprocess(255 - thumbnail), pp.preprocess(thumbnail)) > 0.95
+    faint, _ = _thumbnail(digit, widen=1.0, paper=235, pen=190, noise=0.01, rng=rng)
+    assert _similarity(pp.preprocess(faint), reference) > 0.8
+  # A digit with a paper margin does not fill its frame: the general statistics read it.
+  assert pp.ink_sides(_large(mnist_test[0][0])) == (True, False)
+
+
+@pytest.mark.parametrize('size', [8, 16, 28, 64, 300])
+def test_blank_and_uniform_images_are_refused_at_every_size(size):
+  rng = np.random.default_rng(size)
+  y = np.linspace(-1, 1, size, dtype=np.float32)[:, None]
+  x = np.linspace(-1, 1, size, dtype=np.float32)[None, :]
+  blanks = {
+      'white': np.ones((size, size), np.float32),
+      'black': np.zeros((size, size), np.float32),
+      'grey': np.full((size, size), 0.5, np.float32),
+      'noisy paper': 0.8 + rng.normal(0, 0.02, (size, size)).astype(np.float32),
+      'vignetted paper': 0.95 - 0.15 * (x * x + y * y) + 0 * y,
+      'paper lit from one side': 0.6 + 0.3 * x + 0 * y,
+  }
+  for name, grey in blanks.items():
+    with pytest.raises(ImageError, match='no digit found'):
+      pp.preprocess(np.clip(grey, 0, 1))
+    if size >= 16:
+      assert pp.ink_sides(np.clip(grey, 0, 1)) is None, name
