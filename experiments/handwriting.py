@@ -12,7 +12,9 @@ Renderings ("kinds"), each an encoded image file, as a person would send it:
   clean           dark ink on a white 280x280 canvas, anywhere, 40-85% of its height (a PNG);
   light_on_dark   chalk or a light pen on a dark, slightly noisy board;
   small_in_frame  a faint light digit 20-48 px high in a large dark noisy frame (<1% of it);
-  photo           a blurred phone photo of the digit on unevenly lit paper (JPEG).
+  photo           a blurred phone photo of the digit on unevenly lit paper (JPEG);
+  thumbnail       a low-resolution scan filling its frame: the digit cropped to its ink, scanned
+                  at 8-16 px, kept or enlarged to 16-64 px, blurred; dark on white, ink to the edges.
 
     python experiments/handwriting.py                          # the shipped model, every set
     python experiments/handwriting.py --workdir runs/r --n 300 --save /tmp/sets   # + the images
@@ -67,7 +69,7 @@ TEMPLATES = {
 }
 JPEG_MAGIC = b'\xff\xd8'
 SOURCES = ('strokes', 'uci43', 'mnist')
-KINDS = ('clean', 'light_on_dark', 'small_in_frame', 'photo')
+KINDS = ('clean', 'light_on_dark', 'small_in_frame', 'photo', 'thumbnail')
 
 
 def _catmull_rom(points: np.ndarray, per_segment: int = 12) -> np.ndarray:
@@ -197,7 +199,42 @@ def render(kind: str, ink: np.ndarray, rng: np.random.Generator) -> bytes:
                       for t, p in zip((1.0, rng.uniform(0.95, 1), rng.uniform(0.85, 0.97)),
                                       (0.12, 0.12, rng.uniform(0.15, 0.35)))], -1)
     return _encode(paper, 'JPEG', int(rng.integers(55, 91)))
+  if kind == 'thumbnail':
+    return _encode(thumbnail(ink, rng), 'PNG')
   raise ValueError(f'unknown kind {kind!r}; valid: {", ".join(KINDS)}')
+
+
+def thumbnail(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """`ink` as a low-resolution scanner or a thumbnail gives it: grey levels in [0, 1].
+
+  The digit is cropped to its ink and made to fill a square frame, scanned at 8-16 pixels (each
+  the mean of its area, in 17 grey levels), kept at that size or enlarged to 16-64 pixels
+  (nearest, bilinear or bicubic), and blurred: dark strokes on white paper touching the frame's
+  edges, no margin to measure the paper on.
+  """
+  rows, cols = np.flatnonzero(ink.max(1) > 0.2), np.flatnonzero(ink.max(0) > 0.2)
+  ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
+  scan = int(rng.choice([8, 10, 12, 16]))
+  fine = 8 * scan  # the frame at 8x the scan's resolution, then area-averaged
+  h, w = ink.shape
+  # The long side spans the frame; the short one is widened by up to 1.6x (some scanners
+  # normalise both sides), as far as the frame, and centred.
+  scale = fine / max(h, w)
+  stretch = rng.uniform(1.0, 1.6)
+  size = (min(fine, max(1, round(w * scale * (stretch if w < h else 1)))),
+          min(fine, max(1, round(h * scale * (stretch if h < w else 1)))))
+  ink = np.clip(np.asarray(Image.fromarray(ink, 'F').resize(size, Image.Resampling.BILINEAR)), 0, 1)
+  frame = np.zeros((fine, fine), np.float32)
+  top, left = (fine - ink.shape[0]) // 2, (fine - ink.shape[1]) // 2
+  frame[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
+  scanned = np.round(frame.reshape(scan, 8, scan, 8).mean((1, 3)) * 16) / 16
+  side = int(rng.choice([scan] + [s for s in (16, 24, 32, 48, 64) if s >= 2 * scan]))
+  method = [Image.Resampling.NEAREST, Image.Resampling.BILINEAR,
+            Image.Resampling.BICUBIC][rng.integers(3)]
+  big = np.asarray(Image.fromarray(scanned, 'F').resize((side, side), method))
+  big = np.clip(_blur(big, rng.uniform(0, 0.6) * side / scan), 0, 1)
+  paper, pen = rng.uniform(0.85, 1.0), rng.uniform(0.0, 0.15)
+  return paper - (paper - pen) * big + rng.normal(0, rng.uniform(0, 0.01), big.shape)
 
 
 def make_set(source: str, kind: str, n: int, seed: int = 0, idx_dir=None):
