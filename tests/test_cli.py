@@ -87,3 +87,31 @@ def test_nan_loss_after_checkpoints_is_one_line(idx_dir, tfds_dir, tmp_path, rea
   line = one_error_line(result, 'train')
   assert re.search(r'training loss became NaN/Inf at step \d+;.*latest checkpoint in .* is step \d',
                    line), line
+
+
+def test_only_orbax_leftover_reports_are_dropped():
+  import logging
+  import orbax.checkpoint as ocp
+  from mnist_flax import checkpoints
+  checkpoints.quiet_orbax_leftovers()
+  try:  # an exception raised inside Orbax, as its abandoned tasks hold
+    ocp.checkpoint_utils.construct_restore_args({'a': object()})
+  except Exception as e:  # pylint: disable=broad-except
+    orbax_error = e
+  else:
+    raise AssertionError('expected Orbax to refuse')
+  try:
+    raise ValueError('ours')
+  except ValueError as e:
+    our_error = e
+
+  def shown(name, msg, exc=None):
+    record = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, None,
+                               (type(exc), exc, exc.__traceback__) if exc else None)
+    return logging.getLogger(name).filter(record)
+  for message in ('unhandled exception during asyncio.run() shutdown\ntask: <Task>',
+                  'Task exception was never retrieved\nfuture: <Task>'):
+    assert not shown('asyncio', message, orbax_error)
+    assert shown('asyncio', message, our_error)
+  assert not shown('absl', 'Given directory is read only=%s')
+  assert shown('absl', 'anything else=%s')
