@@ -58,12 +58,13 @@ def trained_run(idx_dir, tfds_dir, tmp_path_factory):
 
 
 def flip_array_bytes(run):
-  """Inverts the last bytes of every array data file of every step; the JSON metadata stays."""
+  """Inverts every 97th byte of every array data file of every step (so that many reads fail,
+  whatever the layout of the files); the JSON metadata stays."""
   files = [p for p in (run / 'checkpoints').glob('*/state/**/d/*') if p.is_file()]
   assert files
   for path in files:
     data = bytearray(path.read_bytes())
-    data[-16:] = bytes(b ^ 0xFF for b in data[-16:])
+    data[::97] = bytes(b ^ 0xFF for b in data[::97])
     path.write_bytes(bytes(data))
 
 
@@ -75,7 +76,7 @@ def test_damaged_array_files_are_one_line_from_eval(trained_run, tmp_path, real_
   result = run_cli(['eval', '--workdir', str(run)], env=real_data_env)
   line = one_error_line(result, 'eval')
   assert f'no usable checkpoint in {run / "checkpoints"}: step ' in line
-  assert 'does not restore' in line or 'does not match the checksum' in line
+  assert 'does not restore' in line
 
 
 def test_nan_loss_after_checkpoints_is_one_line(idx_dir, tfds_dir, tmp_path, real_data_env):
