@@ -70,12 +70,13 @@ def trained_run(idx_dir, tfds_dir, tmp_path_factory):
 
 
 def flip_array_bytes(run):
-  """Inverts the last bytes of every array data file of every step; the JSON metadata stays."""
+  """Inverts every 97th byte of every array data file of every step (so that many reads fail,
+  whatever the layout of the files); the JSON metadata stays."""
   files = [p for p in (run / 'checkpoints').glob('*/state/**/d/*') if p.is_file()]
   assert files
   for path in files:
     data = bytearray(path.read_bytes())
-    data[-16:] = bytes(b ^ 0xFF for b in data[-16:])
+    data[::97] = bytes(b ^ 0xFF for b in data[::97])
     path.write_bytes(bytes(data))
 
 
@@ -87,7 +88,7 @@ def test_damaged_array_files_are_one_line_from_eval(trained_run, tmp_path, real_
   result = run_cli(['eval', '--workdir', str(run)], env=real_data_env)
   line = one_error_line(result, 'eval')
   assert f'no usable checkpoint in {run / "checkpoints"}: step ' in line
-  assert 'does not restore' in line or 'does not match the checksum' in line
+  assert 'does not restore' in line
 
 
 def test_nan_loss_after_checkpoints_is_one_line(idx_dir, tfds_dir, tmp_path, real_data_env):
@@ -99,3 +100,31 @@ def test_nan_loss_after_checkpoints_is_one_line(idx_dir, tfds_dir, tmp_path, rea
   line = one_error_line(result, 'train')
   assert re.search(r'training loss became NaN/Inf at step \d+;.*latest checkpoint in .* is step \d',
                    line), line
+
+
+def test_only_orbax_leftover_reports_are_dropped():
+  import logging
+  import orbax.checkpoint as ocp
+  from mnist_flax import checkpoints
+  checkpoints.quiet_orbax_leftovers()
+  try:  # an exception raised inside Orbax, as its abandoned tasks hold
+    ocp.checkpoint_utils.construct_restore_args({'a': object()})
+  except Exception as e:  # pylint: disable=broad-except
+    orbax_error = e
+  else:
+    raise AssertionError('expected Orbax to refuse')
+  try:
+    raise ValueError('ours')
+  except ValueError as e:
+    our_error = e
+
+  def shown(name, msg, exc=None):
+    record = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, None,
+                               (type(exc), exc, exc.__traceback__) if exc else None)
+    return logging.getLogger(name).filter(record)
+  for message in ('unhandled exception during asyncio.run() shutdown\ntask: <Task>',
+                  'Task exception was never retrieved\nfuture: <Task>'):
+    assert not shown('asyncio', message, orbax_error)
+    assert shown('asyncio', message, our_error)
+  assert not shown('absl', 'Given directory is read only=%s')
+  assert shown('absl', 'anything else=%s')

@@ -103,9 +103,10 @@ def state_digest(tree) -> Optional[str]:
 # module turns that into one CheckpointError naming the step), but the sibling I/O still in flight
 # finishes later and reports the same failure again from other threads: a "RuntimeError: Event
 # loop is closed" traceback per pending TensorStore callback (orbax-checkpoint >= 0.12.5 no longer
-# cancels the loop's remaining tasks), "Task exception was never retrieved" per abandoned write
-# task, and Orbax's log of each exception its worker threads hand back to the caller. Exactly
-# those are dropped; everything else still reaches the previous hook and the handlers.
+# cancels the loop's remaining tasks), "Task exception was never retrieved" per abandoned task
+# (or, where Orbax still uses asyncio.run, "unhandled exception during asyncio.run() shutdown"),
+# and Orbax's log of each exception its worker threads hand back to the caller. Exactly those are
+# dropped; everything else still reaches the previous hook and the handlers.
 
 _ORBAX_DIR = os.path.dirname(ocp.__file__) + os.sep
 _quiet_lock = threading.Lock()
@@ -136,10 +137,12 @@ class _OrbaxEchoFilter(logging.Filter):
             'Given directory is read only=%s')
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.name == 'asyncio':
+    if record.name == 'asyncio':  # a task of Orbax's loop that failed after the first did
       exc = record.exc_info[1] if record.exc_info else None
-      return not (str(record.msg).startswith('Task exception was never retrieved')
-                  and exc is not None and _passes_through_orbax(exc.__traceback__))
+      first = str(record.msg).split('\n', 1)[0]
+      leftover = (first.endswith('exception was never retrieved')
+                  or first == 'unhandled exception during asyncio.run() shutdown')
+      return not (leftover and exc is not None and _passes_through_orbax(exc.__traceback__))
     return record.msg not in self.ECHOES
 
 
