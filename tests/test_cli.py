@@ -105,7 +105,7 @@ def test_nan_loss_after_checkpoints_is_one_line(idx_dir, tfds_dir, tmp_path, rea
 def test_only_orbax_leftover_reports_are_dropped():
   import logging
   import orbax.checkpoint as ocp
-  from mnist_flax import checkpoints
+  from mnist_flax.runs import checkpoints
   checkpoints.quiet_orbax_leftovers()
   try:  # an exception raised inside Orbax, as its abandoned tasks hold
     ocp.checkpoint_utils.construct_restore_args({'a': object()})
