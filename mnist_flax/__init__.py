@@ -14,7 +14,7 @@ __version__ = '0.1.0'
 _LAZY = {
     'train_and_evaluate': ('mnist_flax.training.train', 'train_and_evaluate'),
     'evaluate': ('mnist_flax.training.evaluation', 'evaluate'),
-    'TrainState': ('mnist_flax.training.steps', 'TrainState'),
+    'TrainState': ('mnist_flax.runs.state', 'TrainState'),
     'get_config': ('mnist_flax.config', 'default_config'),
     'load_config_file': ('mnist_flax.config', 'load_config_file'),
     'apply_overrides': ('mnist_flax.config', 'apply_overrides'),

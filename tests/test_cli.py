@@ -1,9 +1,13 @@
 import re
 import shutil
+import socket
+import subprocess
+import sys
 
+import jax
 import pytest
 
-from conftest import run_cli, tiny_overrides
+from conftest import REPO, run_cli, tiny_overrides
 
 
 def _accuracy(text):
@@ -128,3 +132,65 @@ def test_only_orbax_leftover_reports_are_dropped():
     assert shown('asyncio', message, our_error)
   assert not shown('absl', 'Given directory is read only=%s')
   assert shown('absl', 'anything else=%s')
+
+
+# ---------------------------------------------------------------------------- every restore verifies
+
+
+@pytest.fixture(scope='module')
+def exported_model(trained_run, idx_dir, tmp_path_factory):
+  from mnist_flax.inference import export
+  out = tmp_path_factory.mktemp('cli') / 'exported'
+  export.export_model(trained_run, out, idx_dir=str(idx_dir))
+  return out
+
+
+def run_clis(commands: dict, env, timeout=180) -> dict:
+  """Runs `mnist-flax ARGS` for each entry at once (a CPU each while JAX starts); their results."""
+  procs = {name: subprocess.Popen([sys.executable, '-m', 'mnist_flax.cli', *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env, cwd=REPO)
+           for name, args in commands.items()}
+  results = {}
+  for name, proc in procs.items():
+    try:
+      stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # e.g. a server that started serving what it should refuse
+      proc.kill()
+      stdout, stderr = proc.communicate()
+    results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+  return results
+
+
+def test_a_tampered_checkpoint_is_refused_by_every_command(trained_run, exported_model, tmp_path,
+                                                           real_data_env):
+  from mnist_flax.inference import predict
+  from mnist_flax.runs import checkpoints
+  # Files that decode into other values than the checksum written with them: each step holds the
+  # other step's arrays, and the exported model other weights.
+  run = shutil.copytree(trained_run, tmp_path / 'run')
+  first, second = sorted((run / 'checkpoints').iterdir(), key=lambda p: int(p.name))
+  (first / 'state').rename(first / 'swapped')
+  (second / 'state').rename(first / 'state')
+  (first / 'swapped').rename(second / 'state')
+  exported = shutil.copytree(exported_model, tmp_path / 'exported')
+  shutil.rmtree(exported / 'variables')
+  checkpoints.save_exported(exported / 'variables', jax.tree.map(
+      lambda x: x * 2, predict.load_classifier(exported_model).variables))
+  sample = REPO / 'experiments' / 'samples' / '0_drawn_transparent.png'
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  results = run_clis({
+      'eval': ['eval', '--workdir', run],
+      'predict': ['predict', '--workdir', run, sample],
+      'serve': ['serve', '--workdir', run, '--port', port],
+      'ensemble': ['ensemble', '--workdir', run],
+      'export': ['export', '--workdir', run, '--out', tmp_path / 'out'],
+      'predict exported': ['predict', '--workdir', exported, sample],
+  }, real_data_env)
+  for name, result in results.items():
+    line = one_error_line(result, name.split()[0])
+    where = exported / 'variables' if 'exported' in name else f'no usable checkpoint in {run}'
+    assert f'{where}' in line and 'does not match the checksum written with it' in line, line
+  assert not (tmp_path / 'out').exists()

@@ -4,8 +4,9 @@ A run directory's checkpoint holds the whole TrainState (optimizer moments, EMA,
 accumulators): three to four times the weights. `export_model` writes what prediction needs:
 
     <out>/config.json      the run's config (what `load_classifier` rebuilds the model from)
-    <out>/summary.json     the run's summary, plus `export`: where it came from, and its test
-                           accuracy measured through `predict` after the export (must match)
+    <out>/summary.json     the run's summary, plus `export`: where it came from, the sha256 of
+                           the variables (every load checks it), and its test accuracy measured
+                           through `predict` after the export (must match)
     <out>/variables/       Orbax PyTree checkpoint of {'params'[, 'batch_stats']} (the EMA
                            weights when the run kept an EMA)
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from mnist_flax import data, files
 from mnist_flax.inference import predict
-from mnist_flax.runs import rundir
+from mnist_flax.runs import checkpoints, rundir
 from mnist_flax.errors import CheckpointError
 
 
@@ -72,7 +73,6 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
 
   `checkpoint`: the run's step to export, 'latest' (default), 'best' (by validation) or a number.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  (start-up time)
   workdir, out = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
   if out == workdir:
     raise CheckpointError(f'--out must differ from the run directory ({workdir})')
@@ -82,22 +82,23 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
       raise CheckpointError(f'{out} exists and is not empty; pass --overwrite to replace it')
     shutil.rmtree(out)
   out.mkdir(parents=True)
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    checkpointer.save(out / rundir.VARIABLES_DIR, args=ocp.args.PyTreeSave(classifier.variables))
+  digest = checkpoints.save_exported(out / rundir.VARIABLES_DIR, classifier.variables)
   config = files.read_json(workdir / rundir.CONFIG_FILE)
   config['workdir'] = ''  # the run directory is not shipped
   files.write_json(out / rundir.CONFIG_FILE, config)
-
-  exported = predict.load_classifier(out)  # measure what was written, through `predict`
-  measured = measure_test_accuracy(exported, idx_dir)
   summary = dict(classifier.summary)
   summary['export'] = {
       'from_run': workdir.name, 'from_step': classifier.step,
       'variables': sorted(classifier.variables), 'ema': classifier.config.get('ema_decay', 0.0) > 0,
       'params': int(sum(np.size(x) for x in jax.tree.leaves(classifier.variables['params']))),
-      'predict_test_accuracy': measured['test_accuracy'],
-      'predict_test_correct': measured['test_correct'],
+      'digest': digest,  # sha256 of the variables, checked by every load
   }
+  files.write_json(out / rundir.SUMMARY_FILE, summary)
+
+  exported = predict.load_classifier(out)  # measure what was written, through `predict`
+  measured = measure_test_accuracy(exported, idx_dir)
+  summary['export'].update(predict_test_accuracy=measured['test_accuracy'],
+                           predict_test_correct=measured['test_correct'])
   files.write_json(out / rundir.SUMMARY_FILE, summary)
   return summary
 

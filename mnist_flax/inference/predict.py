@@ -7,7 +7,8 @@
   their EMA when the run kept one) of a run directory (`mnist-flax train`) or of an exported
   model (`mnist-flax export`, e.g. the shipped `mnist_flax/pretrained/`) onto this machine's
   first device, through an abstract target: a model trained on a TPU or on 8 devices loads on a
-  CPU; nothing is unpickled; an empty, foreign or corrupt directory is one `CheckpointError`.
+  CPU; nothing is unpickled; an empty, foreign, corrupt or changed directory is one
+  `CheckpointError` (the restores and checks of runs/checkpoints.py, the same as training's).
 * `classify(inputs)`: file paths, numpy arrays or PIL images -> per image the label, its class
   name, its probability and the top k, after the preprocessing the run's data set asks for
   (`preprocess.prepare`: MNIST-style for handwriting).
@@ -111,31 +112,6 @@ def abstract_variables(model, sharding, image_shape: Optional[tuple] = None) -> 
   return forward.abstract_variables(model, sharding, image_shape or MNIST.image_shape)
 
 
-def _restore(path: pathlib.Path, item: dict, partial: bool, directory: pathlib.Path) -> dict:
-  """Orbax restore of `item`'s leaves (abstract arrays) from the PyTree checkpoint at `path`."""
-  # Imported here: Orbax (with TensorStore) is the slowest import, needed only to restore.
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  path = path.absolute()  # Orbax refuses relative paths (`--workdir checkpoints/default`)
-  args = ocp.args.PyTreeRestore(item=item, partial_restore=partial,
-                                restore_args=ocp.checkpoint_utils.construct_restore_args(item))
-  try:
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-      return checkpointer.restore(path, args=args)
-  except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
-    detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-    raise CheckpointError(
-        f'{directory}: cannot restore the checkpoint at {path} for model '
-        f'{_model_name(directory)}: it is corrupt, incomplete or of another model '
-        f'({type(e).__name__}: {detail})') from None
-
-
-def _model_name(directory: pathlib.Path) -> str:
-  try:
-    return repr(json.loads((directory / CONFIG_FILE).read_text()).get('model'))
-  except (OSError, ValueError, AttributeError):
-    return '?'
-
-
 def restore_with_step(directory: str | pathlib.Path, model, config, sharding=None,
                       checkpoint: str | int = 'latest') -> tuple[dict, Optional[int]]:
   """The inference variables of a run directory or exported model, restored onto `sharding`.
@@ -144,44 +120,39 @@ def restore_with_step(directory: str | pathlib.Path, model, config, sharding=Non
   (`config.ema_decay > 0`) is restored from the EMA, as its evaluation was. `checkpoint` picks a
   run directory's step: 'latest' (the newest step that restores; a corrupt or truncated newer one
   is skipped with a warning naming it, as in training), 'best' (best validation metric, see
-  `checkpoints.select_step`) or a step number. An exported model has one set of weights.
-  Returns (variables, the step used or None for an exported model).
+  `checkpoints.select_step`) or a step number. An exported model has one set of weights. Both
+  go through the check of training's restore (`checkpoints.check_restored`): a run's step is
+  restored whole, through the same restore as training's resume, so that the sha256 written
+  with it is checked; a file changed on disk is refused, naming it. Returns (variables, the step
+  used or None for an exported model).
   """
+  # Imported here: Orbax (with TensorStore) is the slowest import, needed only to restore.
+  from mnist_flax.runs import checkpoints, state  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = abstract_variables(model, sharding, spec_of(config).image_shape)
   if (directory / VARIABLES_DIR).is_dir():
     if str(checkpoint) != 'latest':
       raise CheckpointError(f'{directory} is an exported model with one set of weights; '
                             f'checkpoint={checkpoint!r} needs a run directory')
-    return _require_finite_weights(_restore(directory / VARIABLES_DIR, target, partial=False,
-                                  directory=directory), directory), None
-  candidates = rundir.step_numbers(directory)[::-1]
-  if not candidates:
+    target = abstract_variables(model, sharding, spec_of(config).image_shape)
+    return checkpoints.restore_exported(directory / VARIABLES_DIR, target,
+                                        _exported_digest(directory)), None
+  if not rundir.step_numbers(directory):
     raise CheckpointError(f'{directory} holds no checkpoint (no {RUN_CHECKPOINT_DIR}/<step>/ or '
                           f'{VARIABLES_DIR}/); train first: mnist-flax train '
                           f'--config.workdir={directory}')
-  if str(checkpoint) != 'latest':
-    # Imported here: only 'best' and step numbers need the checkpoint manager (start-up time).
-    from mnist_flax.runs import checkpoints  # pylint: disable=import-outside-toplevel
-    candidates = [checkpoints.select_step(directory, checkpoint)]
-  key = 'ema' if config.get('ema_decay', 0.0) > 0 else None
-  item = {'state': {key: target} if key else target}
-
-  def load(step: int) -> dict:
-    restored = _restore(directory / RUN_CHECKPOINT_DIR / str(step) / 'state', item,
-                        partial=True, directory=directory)
-    return _require_finite_weights(restored['state'][key] if key else restored['state'], directory)
-  step, variables = rundir.first_that_loads(candidates, load, (CheckpointError,),
-                                            directory / RUN_CHECKPOINT_DIR)
-  return variables, step
+  step = None if str(checkpoint) == 'latest' else checkpoints.select_step(directory, checkpoint)
+  restored, meta = checkpoints.restore_run(
+      directory, state.checkpoint_target(config, model, sharding), step)
+  return restored['state'].variables(), meta['step']
 
 
-def _require_finite_weights(variables: dict, directory: pathlib.Path) -> dict:
-  if not jax.tree.leaves(variables) or forward.nonfinite_leaves(variables):
-    raise CheckpointError(f'{directory}: the checkpoint holds NaN or infinite weights (corrupt, or '
-                          'saved from a diverged run)')
-  return variables
+def _exported_digest(directory: pathlib.Path) -> Optional[str]:
+  """The sha256 `mnist-flax export` recorded in summary.json (None: exported before it did)."""
+  path = directory / SUMMARY_FILE
+  if not path.is_file():
+    return None
+  return (_read_json(path, 'summary').get('export') or {}).get('digest')
 
 
 # ---------------------------------------------------------------------------- classifying

@@ -15,7 +15,9 @@ Faults, and why they are survived:
   and renames it into place only when complete, so an interrupted write never shows up as a step.
 * Corrupt or truncated on disk: every step's `meta` carries a sha256 of the state it was written
   with; a step that fails to restore or to match it is skipped with a warning naming it, and the
-  next older good step is used.
+  next older good step is used. Every restore goes through that check (`check_restored`):
+  training's resume and `restore_run` (eval, predict, serve, ensemble, export), and the restore of
+  an exported model, whose summary.json records the sha256 of its variables.
 * Non-finite values are never saved: `save` checks every leaf on the host copy it makes anyway.
 * A failed write (disk full, permissions) is one `CheckpointError`; earlier steps stay untouched.
 """
@@ -94,6 +96,35 @@ def state_digest(tree) -> Optional[str]:
   """sha256 of every leaf's bytes (None when the tree is sharded across processes)."""
   leaves = _host_leaves(tree)
   return None if leaves is None else _digest(leaves)
+
+
+def check_restored(tree, digest: Optional[str], where: str, target: Any = None) -> None:
+  """The check of every restore, before anything uses what it read; CheckpointError naming
+  `where` when the tree holds no arrays, other shapes or dtypes than `target`'s, bytes other than
+  the sha256 `digest` written with them (when one was written), or NaN/Inf (never saved: a file
+  that changed on disk yet still decodes)."""
+  leaves = _host_leaves(tree)
+  if leaves is None:  # sharded across processes: no process holds every byte
+    return
+  if not leaves:
+    raise CheckpointError(f'{where} holds no arrays')
+  if target is not None:
+    want = [(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(target)]
+    got = [(arr.shape, arr.dtype) for _, arr in leaves]
+    if len(want) != len(got):
+      raise CheckpointError(f'{where} holds arrays of another model ({len(got)} arrays, '
+                            f'expected {len(want)})')
+    for (name, _), (shape, dtype), expected in zip(leaves, got, want):
+      if (shape, dtype) != expected:
+        raise CheckpointError(f'{where} holds arrays of another model ({name}: {shape} {dtype}, '
+                              f'expected {expected[0]} {expected[1]})')
+  if digest is not None and _digest(leaves) != digest:
+    raise CheckpointError(f'{where} does not match the checksum written with it (its files '
+                          'changed on disk)')
+  bad = _nonfinite(leaves)
+  if bad:
+    raise CheckpointError(f'{where} holds NaN or infinite values in {", ".join(bad[:3])}'
+                          f'{" ..." if len(bad) > 3 else ""} (corrupt: they are never saved)')
 
 
 # ---------------------------------------------------------------------------- Orbax's leftovers
@@ -280,10 +311,7 @@ class RunCheckpointer:
       meta = dict(restored.meta)
     except Exception as e:  # truncated/corrupt files surface as many different errors
       raise CheckpointError(f'step {step} does not restore ({_short(e)})') from e
-    expected = meta.get('digest')
-    if expected is not None and state_digest(restored.state) not in (None, expected):
-      raise CheckpointError(f'step {step} does not match the checksum written with it '
-                            '(its files changed on disk)')
+    check_restored(restored.state, meta.get('digest'), f'step {step}', abstract_state)
     return restored.state, meta
 
   def restore(self, abstract_state: Any, step: Optional[int] = None,
@@ -298,7 +326,10 @@ class RunCheckpointer:
       if step not in self.all_steps():
         raise CheckpointError(f'no checkpoint step {step} in {self.directory} '
                               f'(steps: {self.all_steps() or "none"})')
-      return self._restore_verified(abstract_state, step)
+      try:
+        return self._restore_verified(abstract_state, step)
+      except CheckpointError as e:
+        raise CheckpointError(f'{self.directory}: {e}') from e
     candidates = list(reversed(self.all_steps()))
     if not candidates:
       raise CheckpointError(f'no checkpoint in {self.directory}')
@@ -346,6 +377,52 @@ class RunCheckpointer:
 
   def __exit__(self, exc_type, exc, tb) -> None:
     self.close(after_error=exc_type is not None)
+
+
+def restore_run(workdir: str | pathlib.Path, target: Any,
+                step: Optional[int] = None) -> tuple[Any, dict]:
+  """A run directory's checkpoint, read-only, through `RunCheckpointer.restore`: the one restore
+  of a run (training's resume, eval, predict, serve, ensemble, export), verified the same way.
+
+  `target`: abstract {'state': TrainState, 'metrics': ...} (`state.checkpoint_target`); `step`:
+  a step number, or None for the newest step that restores and verifies (newer ones skipped
+  with a warning). Returns (restored tree, the step's meta).
+  """
+  with RunCheckpointer(workdir, read_only=True) as ckpt:
+    if ckpt.latest_step() is None:
+      raise CheckpointError(f'{ckpt.directory} holds no checkpoint; train first '
+                            f'(mnist-flax train --config.workdir={workdir})')
+    return ckpt.restore(target, step)
+
+
+def save_exported(path: str | pathlib.Path, variables: dict) -> Optional[str]:
+  """Writes an exported model's inference variables (an Orbax PyTree) to `path`; returns the
+  sha256 of what was written, which `restore_exported` checks (summary.json keeps it)."""
+  quiet_orbax_leftovers()
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    checkpointer.save(pathlib.Path(path).absolute(), args=ocp.args.PyTreeSave(variables))
+  return state_digest(variables)
+
+
+def restore_exported(path: str | pathlib.Path, target: Any, digest: Optional[str]) -> Any:
+  """An exported model's inference variables from `path` (its `variables/`), onto `target`'s
+  shapes and shardings, through the same check as a run's steps (`check_restored`).
+
+  `digest`: the sha256 recorded at export; None for models exported before exports recorded one
+  (they are still checked for shapes and finite values, not for changed bytes).
+  """
+  path = pathlib.Path(path).absolute()  # Orbax refuses relative paths
+  quiet_orbax_leftovers()
+  args = ocp.args.PyTreeRestore(item=target,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+  try:
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+      variables = checkpointer.restore(path, args=args)
+  except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
+    raise CheckpointError(f'{path} does not restore: it is corrupt, incomplete or of another '
+                          f'model ({_short(e)})') from None
+  check_restored(variables, digest, str(path), target)
+  return variables
 
 
 def _short(e: Exception, limit: int = 300) -> str:

@@ -6,27 +6,14 @@ made on this machine's mesh, so a run saved by 8 devices or 2 processes restores
 
 from __future__ import annotations
 
-import functools
 import pathlib
 
-import jax
 import ml_collections
 
 from mnist_flax import config as config_lib, data, models
-from mnist_flax.runs import checkpoints, rundir
-from mnist_flax.parts import losses, metrics
+from mnist_flax.runs import checkpoints, state as state_lib
+from mnist_flax.parts import losses
 from mnist_flax.training import sharding, steps
-
-
-def _abstract_target(config, model, mesh):
-  """Shapes of what a run checkpoints (state and metric accumulators), on `mesh`."""
-  steps_per_epoch = data.train_size(config) // config.batch_size
-  abstract = jax.eval_shape(functools.partial(
-      steps.create_train_state, config, model, steps_per_epoch=steps_per_epoch,
-      image_shape=data.spec_of(config).image_shape), jax.random.PRNGKey(0))
-  saved_metrics = jax.eval_shape(lambda: checkpoints.saved_metrics(metrics.zeros()))
-  return checkpoints.abstract_like({'state': abstract, 'metrics': saved_metrics},
-                                   sharding.replicated(mesh))
 
 
 def restore_state(workdir: str | pathlib.Path, step: int | str | None = None):
@@ -41,14 +28,9 @@ def restore_state(workdir: str | pathlib.Path, step: int | str | None = None):
   config_lib.import_user_modules(config)  # the run's own parts (config.imports)
   step = None if step in (None, 'latest') else checkpoints.select_step(workdir, step)
   mesh = sharding.make_mesh()
-  with checkpoints.RunCheckpointer(workdir, keep=config.get('keep_checkpoints', 2),
-                                   read_only=True) as ckpt:
-    if ckpt.latest_step() is None:
-      raise checkpoints.CheckpointError(
-          f'{workdir / rundir.CHECKPOINT_DIR} holds no checkpoint; train first '
-          f'(mnist-flax train --config.workdir={workdir})')
-    model = models.get_model(config, data.spec_of(config).num_classes)
-    restored, _ = ckpt.restore(_abstract_target(config, model, mesh), step)
+  model = models.get_model(config, data.spec_of(config).num_classes)
+  target = state_lib.checkpoint_target(config, model, sharding.replicated(mesh))
+  restored, _ = checkpoints.restore_run(workdir, target, step)
   return config, model, restored['state'], mesh
 
 

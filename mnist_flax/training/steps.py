@@ -1,4 +1,4 @@
-"""The train state and the jitted steps: `train_step`, the exact `Evaluator`, the data order.
+"""The jitted steps (on the train state of runs/state.py): `train_step`, the exact `Evaluator`, the data order.
 
 * The whole of MNIST (55 MB as uint8) is on the device(s). Each epoch's order is a permutation
   derived from (seed, epoch) on the device; `train_step` gathers its batch there by index, so
@@ -17,60 +17,22 @@ the config; nothing here knows their names.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
-from flax.training import train_state
 
-from mnist_flax.parts import augment, losses, metrics, optim
+from mnist_flax.parts import augment, losses, metrics
 from mnist_flax.models import forward
 from mnist_flax.training import sharding
 from mnist_flax.data.spec import MNIST
-
-
-class TrainState(train_state.TrainState):
-  """Optax TrainState plus the model's batch statistics (empty dict when it has none) and, when
-  `config.ema_decay` > 0, an exponential moving average of both (`ema`, else an empty dict)."""
-  batch_stats: Any = flax.core.FrozenDict()
-  ema: Any = flax.core.FrozenDict()
-
-  def raw_variables(self) -> dict:
-    """The current (non-averaged) variables."""
-    if self.batch_stats:
-      return {'params': self.params, 'batch_stats': self.batch_stats}
-    return {'params': self.params}
-
-  def variables(self) -> dict:
-    """The variables for inference: the EMA weights when EMA is on, else the current ones."""
-    return dict(self.ema) if self.ema else self.raw_variables()
+# The checkpoint's format, which inference restores too: defined below both (runs/state.py).
+from mnist_flax.runs.state import TrainState, create_train_state
 
 
 def ema_update(ema, variables: dict, decay: float, step):
   """One EMA step, warmed up (TF's num_updates rule) so early averages are not stuck at init."""
   decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
   return jax.tree.map(lambda e, v: decay * e + (1.0 - decay) * v, ema, variables)
-
-
-def create_train_state(config, model, rng, steps_per_epoch: int,
-                       image_shape: tuple[int, ...] = MNIST.image_shape) -> TrainState:
-  variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros((1,) + tuple(image_shape)),
-                         train=False)
-  tx, _ = optim.make_optimizer(config, steps_per_epoch)
-  state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                            batch_stats=variables.get('batch_stats', flax.core.FrozenDict()))
-  if config.get('ema_decay', 0.0) > 0:
-    state = state.replace(ema=jax.tree.map(jnp.copy, state.raw_variables()))
-  return state
-
-
-def abstract_train_state(config, model, steps_per_epoch: int,
-                         image_shape: tuple[int, ...] = MNIST.image_shape) -> TrainState:
-  """Shapes and dtypes of `create_train_state`'s state, without computing it (a restore target)."""
-  return jax.eval_shape(functools.partial(create_train_state, config, model,
-                                          steps_per_epoch=steps_per_epoch,
-                                          image_shape=image_shape), jax.random.PRNGKey(0))
 
 
 # The initializers' threefry random bits make XLA's CPU backend spend 4-10 s optimizing code that

@@ -31,13 +31,13 @@ import ml_collections
 import numpy as np
 
 from mnist_flax import config as config_lib, data, files, models
-from mnist_flax.runs import checkpoints, preemption, rundir
+from mnist_flax.runs import checkpoints, preemption, rundir, state as state_lib
 from mnist_flax import errors
 from mnist_flax.training import distributed, lowering, sharding, steps, writers
 from mnist_flax.parts import losses, metrics, optim
 from mnist_flax.reporting import report
 from mnist_flax.errors import NonFiniteLossError
-from mnist_flax.training.steps import TrainState
+from mnist_flax.runs.state import TrainState
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None,
@@ -180,8 +180,8 @@ class Training:
 
   def abstract_state(self) -> TrainState:
     """Shapes and dtypes of that state, computed without making it (what a resume restores into)."""
-    return steps.abstract_train_state(self.config, self.model, self.steps_per_epoch,
-                                      image_shape=data.spec_of(self.config).image_shape)
+    return state_lib.abstract_train_state(self.config, self.model, self.steps_per_epoch,
+                                          image_shape=data.spec_of(self.config).image_shape)
 
 
 def build_training(config, mesh, datasets: Optional[data.Datasets] = None) -> Training:

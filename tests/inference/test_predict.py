@@ -111,6 +111,33 @@ def test_bad_checkpoint_directories_are_one_clear_error(tiny_run, tmp_path):
     assert str(directory) in str(info.value)
 
 
+def test_restored_arrays_are_checked_with_or_without_a_recorded_digest(tiny_run, tmp_path):
+  from mnist_flax.runs import checkpoints
+  good = {'params': {'w': np.ones((2, 3), np.float32)}}
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), good)
+  digest = checkpoints.state_digest(good)
+  checkpoints.check_restored(good, digest, 'here', target)
+  checkpoints.check_restored(good, None, 'here', target)  # exported before digests: accepted
+  changed = {'params': {'w': np.full((2, 3), 2.0, np.float32)}}
+  with pytest.raises(CheckpointError, match='here does not match the checksum'):
+    checkpoints.check_restored(changed, digest, 'here', target)
+  nan = {'params': {'w': np.array([[1, np.nan, 1]] * 2, np.float32)}}
+  with pytest.raises(CheckpointError, match=r"here holds NaN or infinite values in \['params'\]"):
+    checkpoints.check_restored(nan, None, 'here', target)
+  with pytest.raises(CheckpointError, match=r"arrays of another model \(\['params'\]\['w'\]: \(3,"):
+    checkpoints.check_restored({'params': {'w': np.ones((3, 3), np.float32)}}, None, 'here', target)
+  with pytest.raises(CheckpointError, match='here holds no arrays'):
+    checkpoints.check_restored({}, None, 'here')
+  # An export records the digest of its variables; a model exported without one still loads.
+  summary = json.loads((tiny_run['exported'] / 'summary.json').read_text())
+  assert len(summary['export']['digest']) == 64
+  older = shutil.copytree(tiny_run['exported'], tmp_path / 'older')
+  del summary['export']['digest']
+  (older / 'summary.json').write_text(json.dumps(summary))
+  jax.tree.map(np.testing.assert_array_equal, predict.load_classifier(older).variables,
+               predict.load_classifier(tiny_run['exported']).variables)
+
+
 def test_run_directory_checkpoint_choice_and_corrupt_latest_fallback(tiny_run, tmp_path, caplog,
                                                                      monkeypatch):
   run = tmp_path / 'run'
@@ -223,6 +250,7 @@ def test_shipped_model_is_small_and_as_accurate_as_its_summary(mnist_test):
   images, labels = mnist_test
   assert export.directory_size(PRETRAINED) <= 5 * 1024 * 1024
   summary = json.loads((PRETRAINED / 'summary.json').read_text())
+  assert len(summary['export']['digest']) == 64  # which the load below checks
   classifier = predict.load_classifier()  # the default: the shipped mnist_flax/pretrained
   assert classifier.directory == predict.PRETRAINED_DIR
   probabilities = classifier.probabilities(images)

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 from mnist_flax import config as config_lib, data
 from mnist_flax.reporting import report
-from mnist_flax.training import evaluation, train
+from mnist_flax.training import evaluation, steps, train
 from mnist_flax.errors import CheckpointError
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'curves.png', 'checkpoints', 'tensorboard')
@@ -70,7 +70,7 @@ def test_nothing_holds_a_state_the_train_step_consumed(tiny_config):
   t = train.build_training(config, mesh)
   state = t.initial_state()
   consumed = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
-  totals = jax.device_put(train.train_metrics(), t.replicated)
+  totals = jax.device_put(steps.zero_train_totals(), t.replicated)
   state, totals = t.step_fn(state, totals, t.train_images, t.train_labels, t.permutation(0), 0)
   assert any(x.is_deleted() for x in consumed)  # the step donates the state it is given
   held = [x for field in dataclasses.fields(t) for x in jax.tree.leaves(getattr(t, field.name))
