@@ -225,7 +225,7 @@ def test_unknown_names_and_missing_modules_are_one_line(idx_dir, tfds_dir, tmp_p
   base = ['train'] + [f'--config.{o}' for o in tiny_overrides(idx_dir, tfds_dir, tmp_path / 'r')]
   line = _one_error_line(run_cli(base + ['--config.model=nosuch'], env=real_data_env), 'train')
   assert line.endswith("error: unknown model 'nosuch'; known: cnn, convbn, m3, m5, m7, fastcnn, "
-                       "blockcnn; register one with @mnist_flax.models.register('nosuch') in a "
+                       "blockcnn or nnx_cnn, nnx_convbn; register one with @mnist_flax.models.register('nosuch') in a "
                        'module named in config.imports')
   _one_error_line(run_cli(base + ['--config.imports=no_such_module_xyz'], env=real_data_env),
                   'train', "cannot import 'no_such_module_xyz' named in config.imports: "

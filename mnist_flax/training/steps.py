@@ -158,7 +158,9 @@ class Evaluator:
     self.images, self.labels, self.mask = (jax.device_put(x, batched) for x in arrays)
     self.num_examples = len(split)
 
-    @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))  # every process reads
+    @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh),  # every process reads
+                       compiler_options=forward.inference_compiler_options(
+                           mesh.devices.flat[0].platform))  # the weights' buffer is reused
     def evaluate(variables, images, labels, mask):
       def body(totals, batch):
         out = eval_step(variables, *batch, model=model, loss_fn=loss_fn)
