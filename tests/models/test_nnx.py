@@ -69,6 +69,10 @@ def test_nnx_reference_cnn_is_the_linen_cnn():
   # The same weights give the same logits, bit for bit: the same computation.
   np.testing.assert_array_equal(nnx_cnn.apply(_linen_cnn_as_nnx(linen_vars), X),
                                 linen.apply(linen_vars, X))
+  # bfloat16 compute keeps float32 parameters, as the linen models do.
+  half = _model('nnx_cnn', 'dtype=bfloat16')
+  assert half.apply(nnx_vars, X).dtype == jnp.bfloat16
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(half.init(KEYS, X)))
   # Another image shape and class count: the NNX layers are sized from the input.
   other = _model('nnx_cnn', 'model_kwargs.num_classes=20', 'model_kwargs.features=(4, 8)')
   x = jnp.zeros((2, 32, 32, 3))
