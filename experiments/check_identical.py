@@ -28,7 +28,6 @@ import importlib
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -98,19 +97,10 @@ def train_here(code: pathlib.Path, idx_dir: str, runs: list[str], extra: list[st
   with tempfile.TemporaryDirectory(prefix='mnist_flax_identical_') as tmp:
     result = {name: run_one(name, idx_dir, pathlib.Path(tmp), extra) for name in runs}
   import jax  # pylint: disable=import-outside-toplevel
+  import benchmark  # pylint: disable=import-outside-toplevel  (this folder's: the CPU's name)
   result['versions'] = {'jax': jax.__version__, 'devices': jax.device_count(),
-                        'machine': cpu_name(), 'code': str(code)}
+                        'machine': benchmark.cpu_model(), 'code': str(code)}
   return result
-
-
-def cpu_name() -> str:
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def differences(old: dict, new: dict, runs: list[str]) -> list[str]:
