@@ -6,6 +6,8 @@ structure of the record are.
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 from conftest import REPO, tiny_overrides
 
@@ -153,3 +155,25 @@ def test_a_torch_peer_without_torch_is_skipped_with_the_install_line(tmp_path, m
   assert peer['peer'] == 'torch-refcnn-bf16' and 'pip install torch==2.13.0' in peer['skipped']
   args, _ = benchmark.parse_args(['--peers'])
   assert args.peers.split(',') == list(benchmark.PYTORCH_PEERS)
+
+
+def test_op_table_names_each_convolution_pass_and_the_dense_layers(tmp_path):
+  """experiments/op_table.py profiles the real train step and sorts every executed HLO
+  instruction into the table's rows: both convolutions' forward and kernel gradient, the second
+  one's input gradient (the first layer has none), the dense layers and the all-reduce."""
+  out = tmp_path / 'ops.json'
+  result = subprocess.run(
+      [sys.executable, str(REPO / 'experiments' / 'op_table.py'), '--config', 'default',
+       '--steps', '2', '--profiles', '1', '--json', str(out)],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  record = json.loads(out.read_text())
+  rows = record['ops_ms_per_device']
+  expected = {'Conv_0 forward', 'Conv_0 kernel gradient', 'Conv_1 forward',
+              'Conv_1 input gradient', 'Conv_1 kernel gradient', 'Dense_0 forward',
+              'Dense_0 gradients'}
+  if record['devices'] > 1:  # one CPU device per core: a 1-core machine has no all-reduce
+    expected.add('all-reduce (gradients, metrics)')
+  assert expected <= set(rows), sorted(rows)
+  assert 'Conv_0 input gradient' not in rows
+  assert all(ms >= 0 for ms in rows.values())
