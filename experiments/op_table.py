@@ -35,8 +35,7 @@ sys.path.insert(0, str(REPO / 'experiments'))
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)\s(?:\{[^}]*\}\s)?([\w\-]+)\((.*)$')
 OP_NAME = re.compile(r'op_name="([^"]*)"')
 SHAPE = re.compile(r'\[([\d,]*)\]')
-
-
+# A computation's header line: `%fused_computation.3 (param_0.3: ...) -> f32[1,3,3,32] {`
 COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$')
 
 
