@@ -27,7 +27,7 @@ COLAB_TESTS = [
     'tests/test_cli.py', 'tests/test_notebook.py', 'tests/test_optional.py', 'tests/test_fast.py',
     'tests/training/test_identical.py', 'tests/test_layers.py', 'tests/test_extensions.py',
     'tests/data/test_datasets.py', 'tests/models/test_nnx.py', 'tests/test_readme.py',
-    'tests/models/test_weights_in_place.py',
+    'tests/models/test_weights_in_place.py', 'tests/inference/test_scoring.py',
 ]
 
 

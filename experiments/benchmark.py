@@ -19,7 +19,7 @@ same jitted `train_step`, data resident on the device):
   (`--peak-gflops`, else the measured sgemm rate);
 * compile time of the train step, peak host memory (RSS) and, on accelerators, peak device memory;
 * predict throughput (the jitted `predict` on batches of `eval_batch_size`) and exact-evaluation
-  throughput (the sharded `Evaluator` over all 10,000 test images);
+  throughput (the sharded `scoring.Scorer` over all 10,000 test images);
 * time to `--target` test accuracy over `--seeds` seeds: each seed is a real `mnist-flax train`
   subprocess (start-up and compilation included) with an empty compilation cache of its own
   (cold); `--warm` reruns each seed on the cache it filled (warm) and checks that the accuracy is
@@ -276,8 +276,7 @@ def measure_training(config, steps: int, warmup: int, inference: bool = True) ->
 def _measure_inference(config, model, state, test, mesh, repeats: int = 3) -> dict:
   """Images/s of the jitted `predict` (one batch) and of exact evaluation (whole test set)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mnist_flax.inference import predict  # pylint: disable=import-outside-toplevel
-  from mnist_flax.training import steps  # pylint: disable=import-outside-toplevel
+  from mnist_flax.inference import predict, scoring  # pylint: disable=import-outside-toplevel
   variables = state.variables()
   batch = test.images[:config.eval_batch_size]
   jax.block_until_ready(predict.predict(model, variables, batch))  # compile
@@ -285,11 +284,11 @@ def _measure_inference(config, model, state, test, mesh, repeats: int = 3) -> di
   for _ in range(repeats):
     jax.block_until_ready(predict.predict(model, variables, batch))
   predict_rate = repeats * len(batch) / (time.perf_counter() - t)
-  evaluator = steps.Evaluator(test, model, mesh, config.eval_batch_size)
-  evaluator(variables)  # compile
+  scorer = scoring.Scorer(test, scoring.model_logits(model), mesh, config.eval_batch_size)
+  scorer(variables)  # compile
   t = time.perf_counter()
   for _ in range(repeats):
-    evaluator(variables)
+    scorer(variables)
   eval_rate = repeats * len(test) / (time.perf_counter() - t)
   return {'predict_images_per_s': predict_rate, 'eval_images_per_s': eval_rate}
 

@@ -11,7 +11,7 @@ compile durations collected through `jax.monitoring`. At exit it prints one line
   config       loading and validating the config
   data         reading the cached MNIST arrays (or preparing them) and the validation split
   init         building and compiling the initial TrainState
-  to_device    the Evaluators' padded test/validation arrays placed on the devices
+  to_device    the Scorers' padded test/validation arrays placed on the devices
   epochs       the epochs' `seconds` (metrics.jsonl: what `train_seconds` sums; the train step's
                compile is in the first one)
   evaluation   the exact test (and validation) evaluations after each epoch, compile included
@@ -62,6 +62,7 @@ def _instrument() -> None:
   t = time.perf_counter()
   import jax  # pylint: disable=import-outside-toplevel
   from mnist_flax import cli, config, configs, data  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (timed as imports)
+  from mnist_flax.inference import scoring
   from mnist_flax.runs import checkpoints
   from mnist_flax.reporting import report
   from mnist_flax.training import steps, writers
@@ -76,8 +77,8 @@ def _instrument() -> None:
   _timed(config, 'validate_config', 'config')
   _timed(data, 'load_datasets', 'data')
   _timed(steps, 'init_train_state', 'init')
-  _timed(steps.Evaluator, '__init__', 'to_device')
-  _timed(steps.Evaluator, '__call__', 'evaluation')
+  _timed(scoring.Scorer, '__init__', 'to_device')
+  _timed(scoring.Scorer, '__call__', 'evaluation')
   for name in ('__init__', 'save', 'close'):
     _timed(checkpoints.RunCheckpointer, name, 'checkpoint')
   for name in ('__init__', 'images', 'scalars', 'close'):

@@ -81,9 +81,10 @@ def cmd_ensemble(args, overrides):
   result = ensemble.evaluate_ensemble(args.workdir, tta=args.tta, split=args.split)
   for member in result['members']:
     print(f'member {member["member"]}: {args.split} accuracy {member["accuracy"]:.4f} '
-          f'(tta {args.tta})')
+          f'(tta {args.tta})  {args.split} loss {member["loss"]:.4f}')
   print(f'ensemble of {len(result["members"])}: {args.split} accuracy {result["accuracy"]:.4f}  '
-        f'({result["correct"]}/{result["count"]} correct, tta {args.tta})')
+        f'({result["correct"]}/{result["count"]} correct, tta {args.tta})  '
+        f'{args.split} loss {result["loss"]:.4f}')
   return 0
 
 
@@ -156,7 +157,7 @@ def cmd_export(args, overrides):
   summary = export.export_model(args.workdir, args.out, idx_dir=args.idx_dir,
                                 overwrite=args.overwrite, checkpoint=args.checkpoint)
   print(f'exported {args.workdir} -> {args.out} ({export.directory_size(args.out) / 1e6:.2f} MB); '
-        f'test accuracy through predict: {summary["export"]["predict_test_accuracy"]:.4f} '
+        f'test accuracy of the exported weights: {summary["export"]["test_accuracy"]:.4f} '
         f'(run summary: {summary.get("test_accuracy", float("nan")):.4f})')
   return 0
 

@@ -9,9 +9,11 @@
   different seeds.
 
 `load_ensemble` returns an `EnsembleClassifier` with the API of a single `Classifier`
-(`mnist-flax predict --workdir A --workdir B [--tta shift]`); `evaluate_ensemble` scores one on
-the test set (`mnist-flax ensemble`). One code path serves both, so the figure reported is the
-classifier people use.
+(`mnist-flax predict --workdir A --workdir B [--tta shift]`); `evaluate_ensemble` scores it and
+each member on a split (`mnist-flax ensemble`) with the one scorer of every command
+(scoring.py), over `ensemble_logits`: the average of probabilities that `predict` takes,
+computed on the device as the log of the mean, so the ensemble's loss is its negative
+log-likelihood.
 
 Averaging probabilities (not logits, not votes) is the usual choice and is what An et al. (2020)
 and most MNIST ensembles report. Members are scored on the test set only to report: nothing
@@ -21,17 +23,19 @@ here selects by test accuracy.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mnist_flax import data
 from mnist_flax.parts import augment
-from mnist_flax.inference import predict as predict_lib
+from mnist_flax.inference import predict as predict_lib, scoring
 from mnist_flax.errors import ConfigError
-from mnist_flax.models.forward import to_float
+from mnist_flax.models import forward
 from mnist_flax.registry import Registry
 
 # name -> views as (row shift, column shift, rotation in degrees); the identity comes first.
@@ -52,7 +56,7 @@ def view_probabilities(classifier, images, views=TTA_VIEWS.get('none')) -> np.nd
   images = np.asarray(images)
   if not len(images):
     return np.zeros((0, classifier.spec.num_classes), np.float32)
-  floats = to_float(images) if len(views) > 1 else None  # NHWC float, what the warps take
+  floats = forward.to_float(images) if len(views) > 1 else None  # NHWC float, what warps take
   total = 0.0
   for d_row, d_col, rotate in views:
     identity = (d_row, d_col, rotate) == (0, 0, 0)
@@ -80,14 +84,34 @@ class EnsembleClassifier(predict_lib.ClassifierBase):
     tta = f' (tta {self.tta})' if self.tta != 'none' else ''
     return ' + '.join(self.names or ['?']) + tta
 
-  def member_probabilities(self, images) -> list[np.ndarray]:
-    views = TTA_VIEWS.get(self.tta)
-    return [view_probabilities(member, images, views) for member in self.members]
-
   def probabilities(self, images) -> np.ndarray:
     """uint8 (N, H, W[, C]) images of the data set -> float32 (N, classes) averaged
     probabilities."""
-    return sum(self.member_probabilities(images)) / len(self.members)
+    views = TTA_VIEWS.get(self.tta)
+    return sum(view_probabilities(member, images, views) for member in self.members) / len(
+        self.members)
+
+
+def _log_mean_exp(logs: list) -> jax.Array:
+  """log(mean(exp(x) for x in logs)): the log of averaged probabilities, from log-probabilities
+  (averaging the probabilities themselves underflows to log(0) for a confident model)."""
+  return jax.nn.logsumexp(jnp.stack(logs), axis=0) - math.log(len(logs))
+
+
+def ensemble_logits(models: Sequence, views=TTA_VIEWS.get('none')) -> scoring.LogitsFn:
+  """The `logits_fn` (scoring.py) of an ensemble of `models` with TTA `views`: it takes the
+  members' variables as a list and returns {'ensemble': the log of the probabilities averaged
+  over members and views, 'members': [each member's, averaged over its views]}."""
+  def logits_fn(variables, images):
+    floats = forward.to_float(images)
+    shown = [floats if (d_row, d_col, rotate) == (0, 0, 0)
+             else augment.shift_images(floats, d_row, d_col, rotate)
+             for d_row, d_col, rotate in views]
+    members = [_log_mean_exp([jax.nn.log_softmax(forward.predict_logits(model, member, view))
+                              for view in shown])
+               for model, member in zip(models, variables)]
+    return {'ensemble': _log_mean_exp(members), 'members': members}
+  return logits_fn
 
 
 def parse_member(spec) -> tuple[str, str]:
@@ -124,14 +148,15 @@ def load_ensemble(specs: Sequence[str | pathlib.Path | None], tta: str = 'none',
                             names=[str(s) if s else 'pretrained' for s in specs])
 
 
-def evaluate_ensemble(specs: Sequence[str], tta: str = 'none', batch_size: int = 1000,
-                      split: str = 'test') -> dict:
-  """Accuracy of each member and of their average on `split`, with the chosen TTA views.
+def evaluate_ensemble(specs: Sequence[str], tta: str = 'none', split: str = 'test') -> dict:
+  """Accuracy and loss (negative log-likelihood) of each member and of their average on `split`,
+  with the chosen TTA views.
 
-  The images are read with the first member's data settings (its config.json). `split` is
-  'test' (for reporting) or 'validation' (for choosing members, TTA or recipes honestly: the
-  held-out part of the training images that the members were trained without, so they must all
-  have been trained with the same `validation_size`, which is checked).
+  The images are read, and scored in batches of `eval_batch_size`, with the first member's
+  settings (its config.json). `split` is 'test' (for reporting) or 'validation' (for choosing
+  members, TTA or recipes honestly: the held-out part of the training images that the members
+  were trained without, so they must all have been trained with the same `validation_size`,
+  which is checked).
   """
   if split not in ('test', 'validation'):
     raise ConfigError(f'unknown split {split!r}; expected "test" or "validation"')
@@ -145,16 +170,12 @@ def evaluate_ensemble(specs: Sequence[str], tta: str = 'none', batch_size: int =
                         f'validation_size (theirs: {sizes}); otherwise some members trained on '
                         'those images. Use --split test, or retrain with --config.validation_size')
   datasets = data.load_datasets(config)
-  test = datasets.validation if split == 'validation' else datasets.test
-  member_correct = np.zeros(len(ensemble.members), np.int64)
-  correct = 0
-  for start in range(0, len(test), batch_size):
-    images = test.images[start:start + batch_size]
-    labels = test.labels[start:start + batch_size]
-    probs = ensemble.member_probabilities(images)
-    member_correct += [int(np.sum(np.argmax(p, -1) == labels)) for p in probs]
-    correct += int(np.sum(np.argmax(sum(probs), -1) == labels))
-  n = len(test)
-  return {'accuracy': correct / n, 'correct': correct, 'count': n, 'tta': tta, 'split': split,
-          'members': [{'member': name, 'accuracy': int(c) / n}
-                      for name, c in zip(ensemble.names, member_correct)]}
+  scores = scoring.score(
+      datasets.validation if split == 'validation' else datasets.test,
+      ensemble_logits([member.model for member in ensemble.members], TTA_VIEWS.get(tta)),
+      [member.variables for member in ensemble.members], config.get('eval_batch_size', 1000))
+  whole = scores['ensemble']
+  return {'accuracy': whole['accuracy'], 'loss': whole['loss'], 'correct': whole['correct'],
+          'count': whole['count'], 'tta': tta, 'split': split,
+          'members': [{'member': name, 'accuracy': s['accuracy'], 'loss': s['loss']}
+                      for name, s in zip(ensemble.names, scores['members'])]}

@@ -5,8 +5,8 @@ accumulators): three to four times the weights. `export_model` writes what predi
 
     <out>/config.json      the run's config (what `load_classifier` rebuilds the model from)
     <out>/summary.json     the run's summary, plus `export`: where it came from, the sha256 of
-                           the variables (every load checks it), and its test accuracy measured
-                           through `predict` after the export (must match)
+                           the variables (every load checks it), and the test accuracy of the
+                           exported weights, loaded back and scored as `eval` scores a run
     <out>/variables/       Orbax PyTree checkpoint of {'params'[, 'batch_stats']} (the EMA
                            weights when the run kept an EMA)
 
@@ -23,14 +23,14 @@ import jax
 import numpy as np
 
 from mnist_flax import data, files
-from mnist_flax.inference import predict
+from mnist_flax.inference import predict, scoring
 from mnist_flax.runs import checkpoints, rundir
 from mnist_flax.errors import CheckpointError
 
 
 def measure_test_accuracy(classifier: predict.Classifier, idx_dir: str | None = None) -> dict:
-  """Accuracy on the test images of the model's data set through `Classifier.probabilities`
-  (`predict`).
+  """Accuracy on the test images of the model's data set, scored as training and `eval` score
+  (scoring.py: on this process's devices, in batches of the run's `eval_batch_size`).
 
   MNIST's test IDX files are read directly (`idx_dir`, else $MNIST_IDX_DIR) with
   `data.read_idx`, so no TensorFlow is needed; another data set's test split is read through
@@ -40,9 +40,9 @@ def measure_test_accuracy(classifier: predict.Classifier, idx_dir: str | None = 
     images, labels = _test_split(classifier.config, idx_dir)
   else:
     images, labels = mnist_test_set(idx_dir)
-  probs = classifier.probabilities(images)
-  correct = int((probs.argmax(1) == labels).sum())
-  return {'test_accuracy': correct / len(labels), 'test_correct': correct, 'count': len(labels)}
+  scores = scoring.score_classifier(classifier, data.Split(images, labels))
+  return {'test_accuracy': scores['accuracy'], 'test_correct': scores['correct'],
+          'count': scores['count']}
 
 
 def mnist_test_set(idx_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -95,10 +95,10 @@ def export_model(workdir: str | pathlib.Path, out: str | pathlib.Path, idx_dir: 
   }
   files.write_json(out / rundir.SUMMARY_FILE, summary)
 
-  exported = predict.load_classifier(out)  # measure what was written, through `predict`
+  exported = predict.load_classifier(out)  # measure what was written, loaded as every load is
   measured = measure_test_accuracy(exported, idx_dir)
-  summary['export'].update(predict_test_accuracy=measured['test_accuracy'],
-                           predict_test_correct=measured['test_correct'])
+  summary['export'].update(test_accuracy=measured['test_accuracy'],
+                           test_correct=measured['test_correct'])
   files.write_json(out / rundir.SUMMARY_FILE, summary)
   return summary
 

@@ -1,8 +1,8 @@
 """Per-epoch metrics as values (clu style): on-device sums over examples, divided once on the host.
 
 A metric is a name and a function of one batch's `Outputs` returning the sum of its per-example
-values over the unmasked examples. The train step and the exact evaluator both add it up on the
-device; at the end of an epoch the host divides by the example count. Each metric `m` becomes
+values over the unmasked examples. The train step and the scorer of a split
+(inference/scoring.py) both add it up on the device; at the end of an epoch the host divides by the example count. Each metric `m` becomes
 `train_<m>`, `test_<m>` and `validation_<m>` in the epoch record, hence in metrics.jsonl,
 TensorBoard, the console line and report.md's epoch table. Adding one is a function and one line:
 

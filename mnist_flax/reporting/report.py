@@ -2,10 +2,11 @@
 
 `train_and_evaluate` writes a short report at the end of each run (`write_end_of_run`: curves and
 tables, no model evaluation: it must stay cheap); `build_report` (`mnist-flax report`) restores
-the checkpoint as every command does (`predict.load_classifier`), classifies the test images and
-adds the confusion matrix, per-class accuracy and the worst mistakes; `--compare` overlays other
-runs. The epoch table takes its columns from the records (`metrics.record_keys`), so a
-registered metric shows up without a change here. The figures are drawn by plots.py.
+the checkpoint as every command does (`predict.load_classifier`), scores the test set as
+training does (inference/scoring.py, keeping each image's probabilities) and adds the confusion
+matrix, per-class accuracy and the worst mistakes; `--compare` overlays other runs. The epoch
+table takes its columns from the records (`metrics.record_keys`), so a registered metric shows up
+without a change here. The figures are drawn by plots.py.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _SHORT = {'accuracy': 'acc', 'validation': 'val'}  # epoch-table column abbrevia
 
 @dataclasses.dataclass
 class TestAnalysis:
-  """Predictions of a checkpoint on the test set."""
+  """A checkpoint's class probabilities for every test image."""
   images: np.ndarray  # uint8 (N, H, W, C)
   labels: np.ndarray  # int (N,)
   probs: np.ndarray  # float32 (N, classes)
@@ -53,17 +54,18 @@ class TestAnalysis:
     return plots.confusion_matrix(self.labels, self.predictions, self.probs.shape[1])
 
 
-def predict_test_set(workdir: str | pathlib.Path) -> TestAnalysis:
+def score_test_set(workdir: str | pathlib.Path) -> TestAnalysis:
   """Restores a run's latest checkpoint (EMA weights where the run kept them, as its evaluation
-  did) and classifies every test image with it."""
+  did) and scores the test set with it as training did, keeping each image's probabilities."""
   # pylint: disable=import-outside-toplevel  (JAX and the checkpoint stack: `report --no-model`
   # starts without them)
   from mnist_flax import data
-  from mnist_flax.inference import predict  # pylint: disable=import-outside-toplevel  (see above)
+  from mnist_flax.inference import predict, scoring
   classifier = predict.load_classifier(workdir)
   test = data.load_datasets(classifier.config).test
+  scores = scoring.score_classifier(classifier, test, probabilities=True)
   return TestAnalysis(images=test.images, labels=np.asarray(test.labels),
-                      probs=classifier.probabilities(test.images), step=classifier.step,
+                      probs=scores[scoring.PROBABILITIES], step=classifier.step,
                       spec=classifier.spec)
 
 
@@ -250,7 +252,7 @@ def build_report(workdir: str | pathlib.Path, compare: Sequence[str | pathlib.Pa
                        schedule=_schedule_from_config(run))]
   analysis = None
   if with_model and _has_checkpoint(workdir):
-    analysis = predict_test_set(workdir)
+    analysis = score_test_set(workdir)
     spec = analysis.spec
     plots += [plot_confusion_matrix(analysis.confusion, out_dir / CONFUSION_FILE,
                                     class_names=spec.class_names, noun=spec.noun),

@@ -1,2 +1,2 @@
-"""Training: `train_and_evaluate` (train.py), the train state and jitted steps, the exact
-evaluator, devices and sharding, several processes, the per-epoch writers."""
+"""Training: `train_and_evaluate` (train.py), the train state and jitted steps, devices and
+sharding, several processes, the per-epoch writers; restoring a run and scoring it (`eval`)."""

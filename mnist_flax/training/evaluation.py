@@ -1,4 +1,4 @@
-"""Restore a run directory anywhere and evaluate it exactly: `restore_state`, `evaluate`.
+"""Restore a run directory anywhere and score it as training did: `restore_state`, `evaluate`.
 
 Reads only: never changes the run directory. The state is rebuilt through an abstract target
 made on this machine's mesh, so a run saved by 8 devices or 2 processes restores onto 1 CPU.
@@ -11,9 +11,10 @@ import pathlib
 import ml_collections
 
 from mnist_flax import config as config_lib, data, models
+from mnist_flax.inference import scoring
 from mnist_flax.runs import checkpoints, state as state_lib
 from mnist_flax.parts import losses
-from mnist_flax.training import sharding, steps
+from mnist_flax.training import sharding
 
 
 def restore_state(workdir: str | pathlib.Path, step: int | str | None = None):
@@ -42,6 +43,6 @@ def evaluate(workdir: str | pathlib.Path, config_overrides: ml_collections.Confi
   if config_overrides:
     config.update(config_overrides)
   datasets = data.load_datasets(config)
-  evaluator = steps.Evaluator(datasets.test, model, mesh, config.get('eval_batch_size', 1000),
-                              loss_fn=losses.get_loss(config))
-  return evaluator(state.variables())
+  scorer = scoring.Scorer(datasets.test, scoring.model_logits(model), mesh,
+                          config.get('eval_batch_size', 1000), loss_fn=losses.get_loss(config))
+  return scorer(state.variables())

@@ -1,4 +1,4 @@
-"""The jitted steps (on the train state of runs/state.py): `train_step`, the exact `Evaluator`, the data order.
+"""The jitted steps (on the train state of runs/state.py): `train_step` and the data order.
 
 * The whole of MNIST (55 MB as uint8) is on the device(s). Each epoch's order is a permutation
   derived from (seed, epoch) on the device; `train_step` gathers its batch there by index, so
@@ -8,7 +8,7 @@
   (metrics.py) stay on the device until the loop reads them (epoch ends, checkpoints).
 * One `Mesh` with a `data` axis: the gathered batch is constrained to be sharded along `data`,
   parameters are replicated, XLA inserts the gradient all-reduce.
-* Evaluation is exact: sums over every image of a split (the padded tail is masked), divided once.
+* Evaluation is inference/scoring.py's `Scorer`, the one every command scores with.
 
 The loss (losses.py), optimizer and schedule (optim.py) and model (models.py) come by name from
 the config; nothing here knows their names.
@@ -137,41 +137,3 @@ def make_train_step(config, model, mesh):
       functools.partial(train_step, model=model, config=config,
                         batch_sharding=sharding.data_sharded(mesh)),
       out_shardings=sharding.replicated(mesh), donate_argnums=(0, 1))
-
-
-def eval_step(variables, images, labels, mask, *, model, loss_fn=losses.cross_entropy):
-  """Every metric's sums over the unmasked examples of one batch (the plain, unsmoothed loss)."""
-  logits = forward.predict_logits(model, variables, images)
-  per_example = loss_fn(logits, labels, label_smoothing=0.0)
-  out = metrics.Outputs(logits=logits, labels=labels, mask=mask, losses=per_example,
-                        loss_sum=jnp.sum(jnp.where(mask, per_example, 0.0)))
-  return metrics.accumulate(metrics.zeros(), out)
-
-
-class Evaluator:
-  """Exact evaluation of a split: padded to whole batches on the device, tail masked."""
-
-  def __init__(self, split, model, mesh, batch_size: int, loss_fn=losses.cross_entropy):
-    batch_size = forward.device_batch_size(batch_size, mesh.devices.size)
-    arrays = forward.padded_batches(split.images, split.labels, batch_size)
-    batched = jax.sharding.NamedSharding(mesh, sharding.P(None, sharding.DATA_AXIS))
-    self.images, self.labels, self.mask = (jax.device_put(x, batched) for x in arrays)
-    self.num_examples = len(split)
-
-    @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh),  # every process reads
-                       compiler_options=forward.inference_compiler_options(
-                           mesh.devices.flat[0].platform))  # the weights' buffer is reused
-    def evaluate(variables, images, labels, mask):
-      def body(totals, batch):
-        out = eval_step(variables, *batch, model=model, loss_fn=loss_fn)
-        return jax.tree.map(jnp.add, totals, out), None
-      totals, _ = jax.lax.scan(body, metrics.zeros(), (images, labels, mask))
-      return totals
-    self._evaluate = evaluate
-
-  def __call__(self, variables) -> dict:
-    """{metric name: mean over the split, 'correct': int, 'count': int}."""
-    totals = jax.device_get(self._evaluate(variables, self.images, self.labels, self.mask))
-    count = int(totals[metrics.COUNT])
-    assert count == self.num_examples, (count, self.num_examples)
-    return dict(metrics.compute(totals), correct=int(totals['correct']), count=count)

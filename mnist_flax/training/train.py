@@ -1,12 +1,12 @@
 """`train_and_evaluate(config)`: set up, run the epochs, finish. The one entry point for training.
 
 Read top to bottom: `train_and_evaluate` is the whole story; each helper below it is one step
-of it. The pieces it puts together live in their own modules: the jitted steps and the exact
-evaluator (steps.py), the checkpoints (checkpoints.py) and when to take them (preemption.py),
-the per-epoch outputs (writers.py), the run-directory files (rundir.py), the end-of-run report
-(report.py). `build_training` is the set-up alone (data on the device, model, jitted steps; the
-state comes from `Training.initial_state()` or a checkpoint): experiments/benchmark.py times the
-very step this runs.
+of it. The pieces it puts together live in their own modules: the jitted steps (steps.py), the
+exact scorer of a split (inference/scoring.py), the checkpoints (checkpoints.py) and when to
+take them (preemption.py), the per-epoch outputs (writers.py), the run-directory files
+(rundir.py), the end-of-run report (report.py). `build_training` is the set-up alone (data on
+the device, model, jitted steps; the state comes from `Training.initial_state()` or a
+checkpoint): experiments/benchmark.py times the very step this runs.
 
 Host syncs, and why there are no others: every `sync_every_steps` steps (a bounded dispatch
 queue), at each checkpoint (the on-device `first_nonfinite` step is checked there, so no NaN is
@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from mnist_flax import config as config_lib, data, files, models
+from mnist_flax.inference import scoring
 from mnist_flax.runs import checkpoints, preemption, rundir, state as state_lib
 from mnist_flax import errors
 from mnist_flax.training import distributed, lowering, sharding, steps, writers
@@ -57,26 +58,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     # patches the file system (`tfds.testing.mock_data` does, around each TFDS read).
     datasets = data.load_datasets(config)
     run = open_run(config, fresh, cleanup)  # fails in a second, before compiling
-    t = build_training(config, mesh, datasets)
-    state, totals, history = resume(run, t)
-    start_run(run, t, history)
+    training = build_training(config, mesh, datasets)
+    state, totals, history = resume(run, training)
+    start_run(run, training, history)
     step = int(state.step)
     test = None  # the last epoch's test metrics: the final state's, so not computed twice
-    for epoch in range(step // t.steps_per_epoch, config.num_epochs):
+    for epoch in range(step // training.steps_per_epoch, config.num_epochs):
       t0 = time.perf_counter()
-      state, totals, step = train_epoch(run, t, state, totals, epoch, step, history)
-      record, evaluated = epoch_record(run, t, state, totals, epoch, step,
+      state, totals, step = train_epoch(run, training, state, totals, epoch, step, history)
+      record, evaluated = epoch_record(run, training, state, totals, epoch, step,
                                        time.perf_counter() - t0)
       test = evaluated['test']
       history.append(record)
-      totals = jax.device_put(steps.zero_train_totals(), t.replicated)
+      totals = jax.device_put(steps.zero_train_totals(), training.replicated)
       validation = {k: v for k, v in record.items() if k.startswith('validation_')} or None
       save(run, step, state, totals, {'epoch': epoch + 1, 'history': history,
                                       'validation': validation})
       run.writer.epoch(record, history)
       if run.policy.stop and epoch + 1 < config.num_epochs:
         raise _preempted(run, step)
-    finish(run, t, state, history or rundir.read_metrics(run.workdir), test, step)
+    finish(run, training, state, history or rundir.read_metrics(run.workdir), test, step)
     return state
 
 
@@ -163,7 +164,7 @@ class Training:
   steps_per_epoch: int  # the remainder of each epoch's permutation is dropped
   train_images: jax.Array  # uint8, replicated on every device
   train_labels: jax.Array
-  evaluators: dict  # split name ('test', 'validation') -> steps.Evaluator
+  scorers: dict  # split name ('test', 'validation') -> scoring.Scorer
   step_fn: Any  # the jitted, donating train step
   permutation: Any  # epoch -> the jitted order of that epoch's examples
   schedule: Any  # step -> learning rate (jitted)
@@ -193,28 +194,30 @@ def build_training(config, mesh, datasets: Optional[data.Datasets] = None) -> Tr
   images, labels = sharding.put_replicated((datasets.train.images, datasets.train.labels), mesh)
   loss_fn = losses.get_loss(config)
   splits = {'test': datasets.test, 'validation': datasets.validation}
-  evaluators = {name: steps.Evaluator(split, model, mesh, config.eval_batch_size, loss_fn=loss_fn)
-                for name, split in splits.items() if split is not None}
+  scorers = {name: scoring.Scorer(split, scoring.model_logits(model), mesh,
+                                  config.eval_batch_size, loss_fn=loss_fn)
+             for name, split in splits.items() if split is not None}
   permutation = jax.jit(functools.partial(steps.epoch_permutation, config.seed,
                                           num_examples=n_train),
                         out_shardings=sharding.replicated(mesh))
   # Jitted: evaluated eagerly, every op of the schedule compiles on its own (~40 small compiles,
   # 1-4 s on a 2-core CPU) for the learning rate logged per epoch and plotted at the end.
   schedule = jax.jit(optim.make_schedule(config, steps_per_epoch))
-  return Training(config, mesh, datasets, model, steps_per_epoch, images, labels, evaluators,
+  return Training(config, mesh, datasets, model, steps_per_epoch, images, labels, scorers,
                   steps.make_train_step(config, model, mesh), permutation, schedule)
 
 
-def resume(run: Run, t: Training) -> tuple[TrainState, dict, list[dict]]:
+def resume(run: Run, training: Training) -> tuple[TrainState, dict, list[dict]]:
   """(state, metric accumulators, history): the newest good checkpoint's, else fresh ones.
 
   Corrupt newer checkpoints are skipped and moved aside (checkpoints.RunCheckpointer.restore).
   """
-  totals = jax.device_put(steps.zero_train_totals(), t.replicated)
+  totals = jax.device_put(steps.zero_train_totals(), training.replicated)
   if run.ckpt.latest_step() is None:
-    return t.initial_state(), totals, []
+    return training.initial_state(), totals, []
   target = checkpoints.abstract_like(
-      {'state': t.abstract_state(), 'metrics': checkpoints.saved_metrics(totals)}, t.replicated)
+      {'state': training.abstract_state(), 'metrics': checkpoints.saved_metrics(totals)},
+      training.replicated)
   restored, meta = run.ckpt.restore(target, move_aside=True)
   history = meta.get('history')
   if history is None:  # a checkpoint from before histories were checkpointed
@@ -227,12 +230,12 @@ def resume(run: Run, t: Training) -> tuple[TrainState, dict, list[dict]]:
         f'{", ".join(missing)} that no module registers in this process; name the module that '
         'registers them in config.imports')
   for key, value in extra.items():
-    totals[key] = jax.device_put(np.asarray(value, totals[key].dtype), t.replicated)
+    totals[key] = jax.device_put(np.asarray(value, totals[key].dtype), training.replicated)
   logging.info('resumed from step %d (epoch %d) in %s', meta['step'], meta['epoch'], run.workdir)
   return restored['state'], dict(totals, **restored['metrics']), history
 
 
-def start_run(run: Run, t: Training, history: list[dict]) -> None:
+def start_run(run: Run, training: Training, history: list[dict]) -> None:
   """config.json, and metrics.jsonl cut back to the checkpoint's history (which is the truth:
   metrics.jsonl may be ahead of it); a first run also logs sample images to TensorBoard."""
   if not run.main:
@@ -241,22 +244,23 @@ def start_run(run: Run, t: Training, history: list[dict]) -> None:
   if history:
     run.writer.history(history)
   else:
-    run.writer.samples(t.datasets.train.images[:64])
+    run.writer.samples(training.datasets.train.images[:64])
 
 
 # ---------------------------------------------------------------------------- an epoch
 
 
-def train_epoch(run: Run, t: Training, state, totals, epoch: int, step: int, history):
+def train_epoch(run: Run, training: Training, state, totals, epoch: int, step: int, history):
   """The steps of `epoch` from `step` on, with mid-epoch checkpoints; (state, totals, step)."""
-  perm = t.permutation(epoch)
-  first = step - epoch * t.steps_per_epoch
+  perm = training.permutation(epoch)
+  first = step - epoch * training.steps_per_epoch
   sync_every = run.config.get('sync_every_steps', 8)
-  with _progress(t.steps_per_epoch, f'epoch {epoch + 1}/{run.config.num_epochs}',
+  with _progress(training.steps_per_epoch, f'epoch {epoch + 1}/{run.config.num_epochs}',
                  run.config.progress_bar and run.main) as bar:
     bar.update(first)
-    for index in range(first, t.steps_per_epoch):
-      state, totals = t.step_fn(state, totals, t.train_images, t.train_labels, perm, index)
+    for index in range(first, training.steps_per_epoch):
+      state, totals = training.step_fn(state, totals, training.train_images,
+                                       training.train_labels, perm, index)
       step += 1
       if sync_every and step % sync_every == 0:
         # Bounded dispatch queue. With several XLA CPU devices sharing one thread pool, too many
@@ -265,27 +269,28 @@ def train_epoch(run: Run, t: Training, state, totals, epoch: int, step: int, his
       bar.update(1)
       # Mid-epoch checkpoints (steps, seconds, SIGTERM/SIGINT); the last step of an epoch is
       # saved by the caller, after its evaluation.
-      if run.policy.should_save(step) and index + 1 < t.steps_per_epoch:
+      if run.policy.should_save(step) and index + 1 < training.steps_per_epoch:
         save(run, step, state, totals, {'epoch': epoch, 'history': history})
         if run.policy.stop:
           raise _preempted(run, step)
   return state, totals, step
 
 
-def epoch_record(run: Run, t: Training, state, totals, epoch: int, step: int, seconds: float):
+def epoch_record(run: Run, training: Training, state, totals, epoch: int, step: int,
+                 seconds: float):
   """The epoch's record (`<split>_<metric>` for every split and metric, learning rate, time)
   and the evaluated splits' metrics. Reads the device: the epoch's one host sync."""
   train = jax.device_get(totals)  # host sync: once per epoch
   check_loss_finite(train, run, step, epoch)
   record = {'epoch': epoch + 1, 'step': step}
   record.update({f'train_{k}': v for k, v in metrics.compute(train).items()})
-  evaluated = {split: evaluator(state.variables()) for split, evaluator in t.evaluators.items()}
+  evaluated = {split: scorer(state.variables()) for split, scorer in training.scorers.items()}
   for split, values in evaluated.items():
     record.update({f'{split}_{k}': values[k] for k in metrics.METRICS.names()})
   if state.ema:  # what the EMA adds, measured on the same run
-    raw = t.evaluators['test'](state.raw_variables())
+    raw = training.scorers['test'](state.raw_variables())
     record.update({f'test_{k}_raw': raw[k] for k in metrics.METRICS.names()})
-  record.update(learning_rate=float(t.schedule(step - 1)), seconds=seconds)
+  record.update(learning_rate=float(training.schedule(step - 1)), seconds=seconds)
   return record, evaluated
 
 
@@ -335,35 +340,37 @@ def _progress(total: int, desc: str, enabled: bool):
 # ---------------------------------------------------------------------------- the end
 
 
-def finish(run: Run, t: Training, state, history: list[dict], test: Optional[dict],
+def finish(run: Run, training: Training, state, history: list[dict], test: Optional[dict],
            step: int) -> None:
   """summary.json, curves.png and a short report.md (main process); then every process waits."""
-  final = test if test is not None else t.evaluators['test'](state.variables())
+  final = test if test is not None else training.scorers['test'](state.variables())
   if run.main:
-    files.write_json(run.workdir / rundir.SUMMARY_FILE, summary(run, t, state, history, final,
-                                                                 step))
+    files.write_json(run.workdir / rundir.SUMMARY_FILE,
+                     summary(run, training, state, history, final, step))
     # curves.png (with the per-step learning rate) and a short report.md; no model evaluation,
     # so this stays cheap. `mnist-flax report` adds the confusion matrix and the mistakes.
     config = run.config
     if config.get('end_of_run_report', True):
       report.write_end_of_run(
           run.workdir, history, title=f'{config.get("name", "")} ({config.model})',
-          schedule=optim.schedule_points(t.schedule, t.steps_per_epoch * config.num_epochs))
+          schedule=optim.schedule_points(training.schedule,
+                                         training.steps_per_epoch * config.num_epochs))
   run.writer.close()
   run.ckpt.close()
   distributed.barrier('train_and_evaluate_done')  # others may read what process 0 wrote
 
 
-def summary(run: Run, t: Training, state, history: list[dict], final: dict, step: int) -> dict:
+def summary(run: Run, training: Training, state, history: list[dict], final: dict,
+            step: int) -> dict:
   """summary.json: the final test metrics, what ran where, and the last validation figures."""
   config = run.config
   out = {f'test_{k}': final[k] for k in metrics.METRICS.names()}
   out.update(test_correct=final['correct'], epochs=config.num_epochs, steps=step,
              train_seconds=sum(r['seconds'] for r in history),
-             devices=sharding.describe_devices(), num_devices=t.mesh.devices.size,
+             devices=sharding.describe_devices(), num_devices=training.mesh.devices.size,
              jax_version=jax.__version__, model=config.model,
              params=int(sum(x.size for x in jax.tree.leaves(state.params))),
-             data_source=t.datasets.source)
+             data_source=training.datasets.source)
   last = history[-1] if history else {}
   if 'validation_accuracy' in last:  # the held-out split, for selection
     out.update({k: v for k, v in last.items() if k.startswith('validation_')},

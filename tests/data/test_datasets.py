@@ -400,7 +400,7 @@ def test_a_data_set_of_your_own_trains_evaluates_reports_and_predicts(user_modul
   result = run_cli(['export', '--workdir', str(workdir), '--out', str(exported)], env=env)
   assert result.returncode == 0, result.stderr
   summary = json.loads((exported / 'summary.json').read_text())
-  assert summary['export']['predict_test_accuracy'] == trained  # measured on its own test split
+  assert summary['export']['test_accuracy'] == trained  # measured on its own test split
 
   # A user's image of class 7, larger than 32x32: resized as the data set says (`resize`).
   colours = np.random.default_rng(1).integers(0, 256, (20, 3))  # the module's COLOURS

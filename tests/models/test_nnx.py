@@ -217,7 +217,7 @@ def test_nnx_run_through_every_command_in_fresh_processes(nnx_run):
   exported = run_cli(['export', '--workdir', str(run), '--out', str(root / 'exported')], env=one)
   assert exported.returncode == 0, exported.stderr[-3000:]
   export_summary = json.loads((root / 'exported' / 'summary.json').read_text())
-  assert export_summary['export']['predict_test_accuracy'] == summary['test_accuracy']
+  assert export_summary['export']['test_accuracy'] == summary['test_accuracy']
   ensemble = run_cli(['ensemble', '--workdir', str(run), '--workdir', str(root / 'exported')],
                      env=one)
   assert ensemble.returncode == 0, ensemble.stderr[-3000:]

@@ -1,6 +1,6 @@
 """Inference computes with the weights it is given, even when they live where earlier ones did.
 
-The donating train step updates the parameters in place, so the evaluator sees new weights at the
+The donating train step updates the parameters in place, so the scorer sees new weights at the
 address of the previous epoch's; and freed weights' memory goes to the next ones loaded. XLA:CPU
 in jaxlib 0.7.2 (the Colab pins) ran such a dot through XNNPACK with the weights packed once and
 reused while their address was unchanged: epoch 2's validation figures came out computed with
@@ -13,8 +13,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mnist_flax import data, models
+from mnist_flax.inference import scoring
 from mnist_flax.models import forward
-from mnist_flax.training import steps
 
 # Small, but its first Dense layer is a dot XLA:CPU would hand to XNNPACK (f32, contracting size
 # 7 * 7 * 8 = 392 at most 5x the 128 rows and the 128 outputs).
@@ -40,18 +40,19 @@ def _update_in_place(variables):
   return new
 
 
-def test_evaluator_sees_weights_updated_in_place():
+def test_scorer_sees_weights_updated_in_place():
   # One device: the stale-weights reuse was then certain, not a race between two devices. A split
-  # of one batch: evaluation compiles without a loop, where a dot reads the weights directly.
+  # of one batch: scoring compiles without a loop, where a dot reads the weights directly.
   mesh = Mesh(np.asarray(jax.devices()[:1]), ('data',))
   split = _split()
   variables = jax.device_put(_variables(0), jax.devices()[0])
-  evaluator = steps.Evaluator(split, MODEL, mesh, batch_size=len(split))
-  first = evaluator(variables)
+  scorer = scoring.Scorer(split, scoring.model_logits(MODEL), mesh, batch_size=len(split))
+  first = scorer(variables)
   for _ in range(3):
     variables = _update_in_place(variables)
-    now = evaluator(variables)
-    fresh = steps.Evaluator(split, MODEL, mesh, batch_size=len(split))(variables)
+    now = scorer(variables)
+    fresh = scoring.Scorer(split, scoring.model_logits(MODEL), mesh,
+                           batch_size=len(split))(variables)
     assert now == fresh, (now, fresh)
   assert now != first
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import near_ties, tiny_overrides
 from mnist_flax import cli, config as config_lib, data, models
 from mnist_flax.parts import augment
-from mnist_flax.inference import ensemble
+from mnist_flax.inference import ensemble, scoring
 from mnist_flax.training import evaluation, steps, train
 from mnist_flax.errors import ConfigError
 from mnist_flax.inference import predict as predict_lib
@@ -204,15 +204,16 @@ def test_ema_differs_from_raw_and_is_what_is_evaluated(tricks_run):
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   summary = json.loads((workdir / 'summary.json').read_text())
   mesh = train.sharding.make_mesh()
-  evaluator = steps.Evaluator(data.load_datasets(config).test, models.get_model(config), mesh, 1000)
-  ema_metrics, raw_metrics = evaluator(state.variables()), evaluator(state.raw_variables())
+  logits_fn = scoring.model_logits(models.get_model(config))
+  scorer = scoring.Scorer(data.load_datasets(config).test, logits_fn, mesh, 1000)
+  ema_metrics, raw_metrics = scorer(state.variables()), scorer(state.raw_variables())
   assert raw_metrics['loss'] != pytest.approx(ema_metrics['loss'], rel=1e-6)
   assert summary['test_loss'] == pytest.approx(ema_metrics['loss'], rel=1e-5)
   assert records[-1]['test_loss_raw'] == pytest.approx(raw_metrics['loss'], rel=1e-5)
   assert 'validation_accuracy' in records[-1]
   # The summary reports the held-out split's final figures, equal to evaluating it directly.
-  val_metrics = steps.Evaluator(data.load_datasets(config).validation, models.get_model(config),
-                                mesh, 1000)(state.variables())
+  val_metrics = scoring.Scorer(data.load_datasets(config).validation, logits_fn, mesh,
+                               1000)(state.variables())
   assert summary['validation_size'] == 256
   assert summary['validation_accuracy'] == records[-1]['validation_accuracy'] == pytest.approx(
       val_metrics['accuracy'])
@@ -236,15 +237,17 @@ def test_tta_and_checkpoint_ensemble(tricks_run, capsys):
   # Two identical members average to themselves; the CLI reports the same figure as `eval`.
   np.testing.assert_allclose(ensemble.load_ensemble([workdir, workdir]).probabilities(images),
                              plain, atol=1e-6)
-  # (The ensemble counts through predict on one device, training through its evaluation on two:
-  # the same weights, so only near ties may differ.)
+  # (The ensemble is scored by training's scorer, on the same devices, but from the mean of the
+  # members' probabilities rather than from the logits: the same weights, so only near ties may
+  # differ, and its loss, the negative log-likelihood, is training's unsmoothed test loss.)
   summary = json.loads((workdir / 'summary.json').read_text())
   datasets = data.load_datasets(config)
   assert cli.main(['ensemble', '--workdir', str(workdir), '--workdir', str(workdir)]) == 0
-  correct = int(re.search(r'ensemble of 2: test accuracy [\d.]+ +\((\d+)/10000 correct',
-                          capsys.readouterr().out).group(1))
-  assert abs(correct - summary['test_correct']) <= near_ties(
+  found = re.search(r'ensemble of 2: test accuracy [\d.]+ +\((\d+)/10000 correct, tta none\) +'
+                    r'test loss ([\d.]+)', capsys.readouterr().out)
+  assert abs(int(found.group(1)) - summary['test_correct']) <= near_ties(
       member.probabilities(datasets.test.images))
+  assert float(found.group(2)) == pytest.approx(summary['test_loss'], abs=1e-4)
   assert cli.main(['ensemble', '--workdir', f'{workdir}@last']) != 0
   assert 'DIR@STEP' in capsys.readouterr().err
   # Scored on the validation split (for choosing members honestly), it matches the run's own

@@ -67,20 +67,21 @@ def test_data_is_sharded_over_devices(tiny_config):
 
 def test_nothing_holds_a_state_the_train_step_consumed(tiny_config):
   config, mesh = train.prepare(tiny_config)
-  t = train.build_training(config, mesh)
-  state = t.initial_state()
+  training = train.build_training(config, mesh)
+  state = training.initial_state()
   consumed = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
-  totals = jax.device_put(steps.zero_train_totals(), t.replicated)
-  state, totals = t.step_fn(state, totals, t.train_images, t.train_labels, t.permutation(0), 0)
+  totals = jax.device_put(steps.zero_train_totals(), training.replicated)
+  state, totals = training.step_fn(state, totals, training.train_images, training.train_labels,
+                                   training.permutation(0), 0)
   assert any(x.is_deleted() for x in consumed)  # the step donates the state it is given
-  held = [x for field in dataclasses.fields(t) for x in jax.tree.leaves(getattr(t, field.name))
-          if isinstance(x, jax.Array)]
+  held = [x for field in dataclasses.fields(training)
+          for x in jax.tree.leaves(getattr(training, field.name)) if isinstance(x, jax.Array)]
   assert held and not [x for x in held if x.is_deleted()]
   # A resume restores into shapes alone: the same structure as a real state, nothing computed.
   def leaves(tree):
     return [(jax.tree_util.keystr(path), x.shape, x.dtype)
             for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  abstract = t.abstract_state()
+  abstract = training.abstract_state()
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
   assert leaves(abstract) == leaves(state)
 
