@@ -365,7 +365,7 @@ def summary(run: Run, training: Training, state, history: list[dict], final: dic
   """summary.json: the final test metrics, what ran where, and the last validation figures."""
   config = run.config
   out = {f'test_{k}': final[k] for k in metrics.METRICS.names()}
-  out.update(test_correct=final['correct'], epochs=config.num_epochs, steps=step,
+  out.update(test_correct=final['correct'], test_count=final['count'], epochs=config.num_epochs, steps=step,
              train_seconds=sum(r['seconds'] for r in history),
              devices=sharding.describe_devices(), num_devices=training.mesh.devices.size,
              jax_version=jax.__version__, model=config.model,

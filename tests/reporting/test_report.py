@@ -58,7 +58,9 @@ def check_summary_numbers(markdown, summary):
   values = dict(row[:2] for row in table_rows(markdown, '|  | value |'))
   assert float(values['test accuracy']) == summary['test_accuracy']
   assert float(values['test loss']) == round(summary['test_loss'], 6)
-  assert values['test images correct'] == f'{summary["test_correct"]} / 10000'
+  # The count scored, from summary.json: all of MNIST's test images here.
+  assert summary['test_count'] == 10000
+  assert values['test images correct'] == f'{summary["test_correct"]} / {summary["test_count"]}'
   assert int(values['epochs']) == summary['epochs'] and int(values['steps']) == summary['steps']
   assert float(values['training time (s)']) == round(summary['train_seconds'], 1)
   assert int(values['parameters'].replace(',', '')) == summary['params']
