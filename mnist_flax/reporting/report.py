@@ -121,8 +121,8 @@ def summary_rows(run: RunFiles) -> list[tuple[str, str]]:
     rows = [('test accuracy', f'{s["test_accuracy"]:.4f}'),
             ('test loss', f'{s["test_loss"]:.6f}')]
     if 'test_correct' in s:
-      # The images this run was scored on (a run with a test limit scores fewer than the
-      # data set's official test split); older summaries name only the count correct.
+      # The count the run's own evaluation scored (what a loader of your own returned, not
+      # necessarily the spec's official size); summaries before it recorded only the correct.
       num_test = s.get('test_count', getattr(_spec_of(c), 'num_test', '?'))
       rows.append(('test images correct', f'{s["test_correct"]} / {num_test}'))
     rows += [('epochs', str(s['epochs'])), ('steps', str(s['steps'])),
