@@ -1,4 +1,4 @@
-"""Best single-model recipe (issue #5): ConvBN + augmentation + EMA + label smoothing, AdamW,
+"""Best single-model recipe: ConvBN + augmentation + EMA + label smoothing, AdamW,
 warmup + cosine over 12 epochs; final EMA weights, no validation split (final training), no
 test-set selection of weights.
 
@@ -11,8 +11,7 @@ Model selection runs (ablations) add --config.validation_size=5000 and compare v
 
 Reach (experiments/RESULTS.md; 2-core Xeon CPU, JAX 0.10.2, 2026-11-26): 99.66% +- 0.02 test
 accuracy over 3 seeds (99.66, 99.68, 99.64), 16.9 min of training and ~18.7 min per process per
-seed on the idle machine with mnist_flax/models/cpu_conv.py (before it: 99.68% +- 0.04 in 25.5 min;
-issue #5 target: >= 99.65% mean in <= 30 min: met).
+seed on the idle machine with mnist_flax/models/cpu_conv.py (before it: 99.68% +- 0.04 in 25.5 min).
 The 3-seed ensemble: 99.69-99.70%; 99.69% with --tta shift_rotate (target 99.75%: not met; a GPU
 sweep of 23 members, RESULTS.md, found no ensemble of 12-epoch members above 99.74%).
 The 8-epoch version (--config.num_epochs=8, ~17 min) gave 99.61% +- 0.04.

@@ -1,4 +1,4 @@
-"""Toward `best`'s accuracy in well under its time (issue #16): a wide blockcnn, augmentation, EMA.
+"""Toward `best`'s accuracy in well under its time: a wide blockcnn, augmentation, EMA.
 
 Run:   mnist-flax train --config fastbest --config.seed=S
 Bench: python experiments/benchmark.py --config fastbest --seeds 3 \

@@ -1,4 +1,4 @@
-"""The shipped model's recipe (mnist_flax/pretrained/, since issue #15): the recipe of the model
+"""The shipped model's recipe (mnist_flax/pretrained/): the recipe of the model
 shipped before it (experiments/configs/pretrained.py; fastcnn, so the same speed at prediction)
 with stronger warps, for digits written outside MNIST.
 

@@ -1,4 +1,4 @@
-"""Speedrun: the fastest recipe found to 99.0% test accuracy on a 2-core CPU (issues #4, #16).
+"""Speedrun: the fastest recipe found to 99.0% test accuracy on a 2-core CPU.
 
 Run:   mnist-flax train --config speedrun
 Bench: python experiments/benchmark.py --config speedrun --seeds 5 \
@@ -7,7 +7,7 @@ Reach: 99.18% mean test accuracy over seeds 0-4 (99.14-99.21). 2-core AMD EPYC (
        0.10.2, 2026-12-01, quiet machine (load 1.3-1.8): 4.4 s of training and 7.2 s of process
        with a cold compilation cache, 3.4 s / 5.4 s warm (same accuracies seed by seed); in the
        side-by-side run of experiments/bench_issue16.sh 4.7 s (4.4-5.0) / 7.6 s cold, 3.6 / 5.7 s
-       warm. Targets <= 5 s / <= 10 s met (experiments/SPEED.md, issue #16).
+       warm. Measured in experiments/SPEED.md.
 
 Why each choice (measurements in experiments/SPEED.md; chosen on the 5,000-image validation split,
 then trained here on all 60,000 with the test set only reported):
