@@ -177,3 +177,24 @@ def test_op_table_names_each_convolution_pass_and_the_dense_layers(tmp_path):
   assert expected <= set(rows), sorted(rows)
   assert 'Conv_0 input gradient' not in rows
   assert all(ms >= 0 for ms in rows.values())
+
+
+def test_benchmark_puts_linen_and_nnx_side_by_side(idx_dir, tfds_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv('MNIST_IDX_DIR', str(idx_dir))
+  benchmark = _load_benchmark()
+  overrides = [f'--config.{o}' for o in tiny_overrides(idx_dir, tfds_dir, tmp_path / 'runs')
+               if not o.startswith('num_epochs')] + ['--config.num_epochs=1']
+  out = tmp_path / 'bench.json'
+  benchmark.main(['--models', 'cnn,nnx_cnn', '--rounds', '1', '--steps', '2', '--warmup', '1',
+                  '--seeds', '1', '--peak-gflops', '100', '--json', str(out), *overrides])
+  linen, nnx_model = json.loads(out.read_text())['models']
+  assert (linen['model'], nnx_model['model']) == ('cnn', 'nnx_cnn')
+  assert linen['params'] == nnx_model['params']
+  assert (linen['rounds'][0]['train_flops_per_image_analytic']
+          == nnx_model['rounds'][0]['train_flops_per_image_analytic'])
+  for entry in (linen, nnx_model):
+    assert entry['train_images_per_s'] > 0 and entry['predict_images_per_s'] > 0
+    (run,) = entry['seeds']['cold']['runs']
+    seed_dir = tmp_path / 'runs' / entry['model'] / 'seed0'
+    summary = json.loads((seed_dir / 'summary.json').read_text())
+    assert run['test_accuracy'] == summary['test_accuracy'] > 0.3

@@ -273,6 +273,7 @@ def test_cli_classifies_the_samples_with_the_shipped_model(real_data_env):
   assert [(r['file'], r['label']) for r in rows] == [(str(p), int(p.name[0])) for p in SAMPLES]
 
 
+@pytest.mark.one_environment
 def test_photo_like_test_digits_as_accurate_as_the_originals(mnist_test):
   """1,000 MNIST test digits photographed (dark on light, off-centre, 150-330 px, uneven light,
   noise, JPEG) lose at most one point of accuracy through preprocess + the shipped model."""

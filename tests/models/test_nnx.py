@@ -3,7 +3,6 @@ a user's NNX module trains through the same pure step, and an NNX run goes throu
 (fresh processes), resumes bit for bit, and restores on another device count."""
 
 import gzip
-import importlib.util
 import json
 import subprocess
 import sys
@@ -261,26 +260,3 @@ def test_nnx_batch_norm_dropout_ema_run_resumes_bit_identical(idx_dir, tfds_dir,
   resumed = drive('none', 0, workdir, idx_dir, tfds_dir, real_data_env, *NNX_BN)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert_bit_identical(workdir, reference)
-
-
-def test_benchmark_puts_linen_and_nnx_side_by_side(idx_dir, tfds_dir, tmp_path, monkeypatch):
-  monkeypatch.setenv('MNIST_IDX_DIR', str(idx_dir))
-  spec = importlib.util.spec_from_file_location('benchmark', REPO / 'experiments' / 'benchmark.py')
-  benchmark = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(benchmark)
-  overrides = [f'--config.{o}' for o in tiny_overrides(idx_dir, tfds_dir, tmp_path / 'runs')
-               if not o.startswith('num_epochs')] + ['--config.num_epochs=1']
-  out = tmp_path / 'bench.json'
-  benchmark.main(['--models', 'cnn,nnx_cnn', '--rounds', '1', '--steps', '2', '--warmup', '1',
-                  '--seeds', '1', '--peak-gflops', '100', '--json', str(out), *overrides])
-  linen, nnx_model = json.loads(out.read_text())['models']
-  assert (linen['model'], nnx_model['model']) == ('cnn', 'nnx_cnn')
-  assert linen['params'] == nnx_model['params']
-  assert (linen['rounds'][0]['train_flops_per_image_analytic']
-          == nnx_model['rounds'][0]['train_flops_per_image_analytic'])
-  for entry in (linen, nnx_model):
-    assert entry['train_images_per_s'] > 0 and entry['predict_images_per_s'] > 0
-    (run,) = entry['seeds']['cold']['runs']
-    seed_dir = tmp_path / 'runs' / entry['model'] / 'seed0'
-    summary = json.loads((seed_dir / 'summary.json').read_text())
-    assert run['test_accuracy'] == summary['test_accuracy'] > 0.3

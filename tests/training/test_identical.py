@@ -105,6 +105,7 @@ def test_check_identical_names_every_difference():
 
 
 @pytest.mark.slow
+@pytest.mark.one_environment
 def test_check_identical_trains_a_commit_s_code_in_its_own_process(idx_dir, tmp_path):
   """The script, shrunk to one tiny run, on HEAD's code twice (each from `git archive`)."""
   head = subprocess.run(['git', '-C', str(REPO), 'rev-parse', 'HEAD'], capture_output=True,
